@@ -1,0 +1,310 @@
+package chatroom
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+	"unicode/utf8"
+
+	"github.com/gorilla/websocket"
+	"go.uber.org/zap"
+	"golang.org/x/time/rate"
+)
+
+// writeWait bounds one write to a client; a client that does not take a
+// frame within it is gone.
+const writeWait = 10 * time.Second
+
+// joinTimeout bounds the registry calls made while a connection joins.
+const joinTimeout = 5 * time.Second
+
+// closeWait bounds the write of a close frame.
+const closeWait = time.Second
+
+// connOptions are the per-connection settings of the handler that accepted
+// the connection. A reload changes them for new connections only.
+type connOptions struct {
+	history      int
+	sendQueue    int
+	pingInterval time.Duration
+	rateLimit    rate.Limit
+	rateBurst    int
+	rateText     string // "20 per 1s", for the error frame
+	nickLocked   bool
+}
+
+// Reasons a connection is closed, as counted in metrics.
+const (
+	dropSlowConsumer = "slow_consumer"
+	dropTooBig       = "message_too_big"
+	dropBinary       = "binary_frame"
+	dropBadUTF8      = "invalid_utf8"
+	dropIdle         = "idle"
+	dropShutdown     = "shutdown"
+	dropWriteError   = "write_error"
+)
+
+// conn is one chat member: a WebSocket connection in a room.
+//
+// It has one goroutine while idle, the reader, which runs in the handler's
+// ServeHTTP. A writer goroutine exists only while frames are queued, and the
+// pings come from a timer, so an idle member costs one goroutine stack.
+type conn struct {
+	ws       *websocket.Conn
+	hub      *hub
+	opts     connOptions
+	limiter  *rate.Limiter
+	roomName string
+	logger   *zap.Logger
+
+	// Guarded by room.mu.
+	room   *room
+	index  int // position in room.members; -1 once left
+	member Member
+
+	mu        sync.Mutex
+	queue     []*websocket.PreparedMessage
+	spare     []*websocket.PreparedMessage // the writer's last batch, reused
+	writing   bool                         // a writer goroutine runs
+	pingDue   bool
+	closing   bool // no more frames are queued
+	pingTimer *time.Timer
+}
+
+func newConn(ws *websocket.Conn, h *hub, roomName string, member Member, opts connOptions, logger *zap.Logger) *conn {
+	c := &conn{
+		ws:       ws,
+		hub:      h,
+		opts:     opts,
+		roomName: roomName,
+		member:   member,
+		index:    -1,
+		logger:   logger,
+	}
+	c.limiter = rate.NewLimiter(opts.rateLimit, opts.rateBurst)
+	return c
+}
+
+// serve runs the connection until it ends: join, read loop, leave.
+func (c *conn) serve(ctx context.Context) {
+	if err := c.hub.join(ctx, c); err != nil {
+		c.closeWith(websocket.CloseGoingAway, err.Error(), dropShutdown)
+		return
+	}
+	c.logger = c.logger.With(zap.String("id", c.member.ID), zap.String("room", c.roomName))
+	c.logger.Debug("connection opened")
+	defer func() {
+		c.stopPinging()
+		c.hub.leave(c)
+		_ = c.ws.Close()
+		c.logger.Debug("connection closed")
+	}()
+	c.startPinging()
+	c.readLoop()
+}
+
+// readLoop reads frames until the connection fails or breaks a rule.
+func (c *conn) readLoop() {
+	idle := 2 * c.opts.pingInterval
+	_ = c.ws.SetReadDeadline(time.Now().Add(idle))
+	c.ws.SetPongHandler(func(string) error {
+		return c.ws.SetReadDeadline(time.Now().Add(idle))
+	})
+	for {
+		kind, data, err := c.ws.ReadMessage()
+		if err != nil {
+			c.noteReadError(err)
+			return
+		}
+		_ = c.ws.SetReadDeadline(time.Now().Add(idle))
+		if kind != websocket.TextMessage {
+			c.closeWith(websocket.CloseUnsupportedData, "binary frames are not supported", dropBinary)
+			return
+		}
+		if !utf8.Valid(data) {
+			c.closeWith(websocket.CloseInvalidFramePayloadData, "text frame is not valid UTF-8", dropBadUTF8)
+			return
+		}
+		c.handleFrame(data)
+	}
+}
+
+// noteReadError counts the ways a read ends that are the server's doing.
+func (c *conn) noteReadError(err error) {
+	var netErr interface{ Timeout() bool }
+	switch {
+	case errors.Is(err, websocket.ErrReadLimit):
+		// gorilla has sent close 1009 already.
+		c.hub.metrics.dropped.WithLabelValues(dropTooBig).Inc()
+		c.logger.Debug("frame over max_message_size")
+	case errors.As(err, &netErr) && netErr.Timeout():
+		c.closeWith(websocket.CloseGoingAway, "no pong or frame for two ping intervals", dropIdle)
+	}
+}
+
+// handleFrame acts on one text frame from the client.
+func (c *conn) handleFrame(data []byte) {
+	in, err := decodeInbound(data)
+	if err != nil {
+		c.sendFrame(errorMessage(ErrCodeInvalidJSON, err.Error()))
+		return
+	}
+	if in.hasNick() {
+		c.handleNick(in)
+	}
+	text := in.chatText()
+	if text == "" {
+		return
+	}
+	if !c.limiter.Allow() {
+		c.hub.metrics.rateLimited.Inc()
+		c.sendFrame(errorMessage(ErrCodeRateLimited, "rate limit exceeded: at most "+c.opts.rateText+"; message dropped"))
+		return
+	}
+	c.hub.metrics.received.Inc()
+	c.hub.chat(c, text)
+}
+
+func (c *conn) handleNick(in inbound) {
+	if c.opts.nickLocked {
+		c.sendFrame(errorMessage(ErrCodeNickLocked, "your name is set by the server and cannot be changed"))
+		return
+	}
+	nick, err := in.nickRequest()
+	if err != nil {
+		c.sendFrame(errorMessage(ErrCodeBadNick, err.Error()))
+		return
+	}
+	c.hub.rename(c, nick)
+}
+
+// sendFrame queues a frame for this connection alone.
+func (c *conn) sendFrame(frame []byte) {
+	pm, err := websocket.NewPreparedMessage(websocket.TextMessage, frame)
+	if err != nil {
+		return
+	}
+	c.send(pm)
+}
+
+// send queues a frame without ever blocking: a client whose queue is full is
+// too slow to keep up and is closed, so that it never slows the others.
+func (c *conn) send(pm *websocket.PreparedMessage) {
+	c.mu.Lock()
+	if c.closing {
+		c.mu.Unlock()
+		return
+	}
+	if len(c.queue) >= c.opts.sendQueue {
+		c.closing = true
+		c.mu.Unlock()
+		go c.finishClose(websocket.ClosePolicyViolation, fmt.Sprintf("too slow: more than %d frames waiting", c.opts.sendQueue), dropSlowConsumer)
+		return
+	}
+	c.queue = append(c.queue, pm)
+	c.wakeWriter()
+	c.mu.Unlock()
+}
+
+// wakeWriter starts a writer goroutine unless one runs. The caller holds
+// c.mu.
+func (c *conn) wakeWriter() {
+	if !c.writing {
+		c.writing = true
+		go c.writeLoop()
+	}
+}
+
+// writeLoop writes queued frames until the queue is empty, then exits.
+func (c *conn) writeLoop() {
+	for {
+		c.mu.Lock()
+		batch, ping := c.queue, c.pingDue
+		if len(batch) == 0 && !ping || c.closing {
+			c.writing = false
+			c.mu.Unlock()
+			return
+		}
+		c.queue, c.spare = c.spare[:0], nil
+		c.pingDue = false
+		c.mu.Unlock()
+
+		err := c.writeBatch(batch, ping)
+		clear(batch)
+		c.mu.Lock()
+		c.spare = batch[:0]
+		c.mu.Unlock()
+		if err != nil {
+			c.closeWith(websocket.CloseGoingAway, "write failed", dropWriteError)
+			return
+		}
+	}
+}
+
+func (c *conn) writeBatch(batch []*websocket.PreparedMessage, ping bool) error {
+	if err := c.ws.SetWriteDeadline(time.Now().Add(writeWait)); err != nil {
+		return err
+	}
+	for _, pm := range batch {
+		if err := c.ws.WritePreparedMessage(pm); err != nil {
+			return err
+		}
+	}
+	c.hub.metrics.delivered.Add(float64(len(batch)))
+	if ping {
+		return c.ws.WriteMessage(websocket.PingMessage, nil)
+	}
+	return nil
+}
+
+func (c *conn) startPinging() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closing {
+		return
+	}
+	c.pingTimer = time.AfterFunc(c.opts.pingInterval, c.pingTick)
+}
+
+func (c *conn) pingTick() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closing {
+		return
+	}
+	c.pingDue = true
+	c.wakeWriter()
+	c.pingTimer.Reset(c.opts.pingInterval)
+}
+
+func (c *conn) stopPinging() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.pingTimer != nil {
+		c.pingTimer.Stop()
+	}
+}
+
+// closeWith sends a close frame with code and reason, counts the reason and
+// closes the connection; the reader then leaves the room. Only the first
+// call acts.
+func (c *conn) closeWith(code int, text, reason string) {
+	c.mu.Lock()
+	if c.closing {
+		c.mu.Unlock()
+		return
+	}
+	c.closing = true
+	c.mu.Unlock()
+	c.finishClose(code, text, reason)
+}
+
+// finishClose does the work of closeWith once c.closing is set.
+func (c *conn) finishClose(code int, text, reason string) {
+	c.hub.metrics.dropped.WithLabelValues(reason).Inc()
+	c.logger.Debug("closing connection", zap.Int("code", code), zap.String("reason", text))
+	_ = c.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, text), time.Now().Add(closeWait))
+	_ = c.ws.Close()
+}

@@ -1,0 +1,299 @@
+package chatroom
+
+import (
+	"context"
+	"errors"
+	"sort"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"go.uber.org/zap"
+)
+
+// hub holds the rooms of this instance and fans every event out to their
+// local members. One hub serves every handler that shares a registry
+// configuration, and it outlives config reloads (see pool.go), so that a
+// reload neither splits a room in two nor drops a connection.
+type hub struct {
+	reg     Registry
+	metrics *metrics
+	logger  *zap.Logger
+
+	startOnce sync.Once
+	startErr  error
+
+	open atomic.Int64 // connections, for max_connections
+
+	mu     sync.Mutex
+	rooms  map[string]*room
+	closed bool
+}
+
+// room is one chat room's members on this instance. Its lock orders every
+// event of the room: what a member is sent, it is sent in one order.
+type room struct {
+	name string
+
+	mu      sync.Mutex
+	members []*conn
+	dead    bool // removed from the hub; a joiner must fetch a fresh room
+}
+
+// errHubClosed is returned to a connection that arrives while the hub shuts
+// down.
+var errHubClosed = errors.New("chat room is shutting down")
+
+func newHub(reg Registry, m *metrics, logger *zap.Logger) *hub {
+	return &hub{reg: reg, metrics: m, logger: logger, rooms: make(map[string]*room)}
+}
+
+// reserve takes one of limit connection slots; limit 0 is no limit.
+func (h *hub) reserve(limit int) bool {
+	n := h.open.Add(1)
+	if limit > 0 && n > int64(limit) {
+		h.open.Add(-1)
+		return false
+	}
+	return true
+}
+
+// release gives a slot back.
+func (h *hub) release() { h.open.Add(-1) }
+
+// start starts the registry once, on the first connection, so that a config
+// that is only validated never registers this instance anywhere.
+func (h *hub) start() error {
+	h.startOnce.Do(func() {
+		if err := h.reg.Start(h); err != nil {
+			h.startErr = err
+		}
+	})
+	return h.startErr
+}
+
+// join adds c to its room: c is sent its welcome, the online list and the
+// room's history, and the other members are told.
+func (h *hub) join(ctx context.Context, c *conn) error {
+	if err := h.start(); err != nil {
+		return err
+	}
+	c.member.ID = h.reg.NewID(ctx)
+	h.reg.Warm(ctx, c.roomName)
+	for {
+		r, err := h.room(c.roomName)
+		if err != nil {
+			return err
+		}
+		r.mu.Lock()
+		if r.dead {
+			r.mu.Unlock()
+			continue
+		}
+		c.room = r
+		c.index = len(r.members)
+		r.members = append(r.members, c)
+		c.sendFrame(welcomeMessage(c.member, r.name))
+		c.sendFrame(onlineMessage(h.online(r)))
+		if c.opts.history > 0 {
+			for _, ev := range h.reg.History(r.name, c.opts.history) {
+				c.sendFrame(ev.frame())
+			}
+		}
+		h.publish(r, &Event{Kind: KindJoin, ID: c.member.ID, Nick: c.member.Nick}, c)
+		r.mu.Unlock()
+		h.metrics.connections.Inc()
+		return nil
+	}
+}
+
+// room returns the live room called name, creating it.
+func (h *hub) room(name string) (*room, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closed {
+		return nil, errHubClosed
+	}
+	r := h.rooms[name]
+	if r == nil {
+		r = &room{name: name}
+		h.rooms[name] = r
+	}
+	return r, nil
+}
+
+// leave removes c from its room and tells the other members. It is safe to
+// call more than once.
+func (h *hub) leave(c *conn) {
+	r := c.room
+	if r == nil {
+		return
+	}
+	r.mu.Lock()
+	if c.index < 0 {
+		r.mu.Unlock()
+		return
+	}
+	last := len(r.members) - 1
+	r.members[c.index] = r.members[last]
+	r.members[c.index].index = c.index
+	r.members[last] = nil
+	r.members = r.members[:last]
+	c.index = -1
+	h.publish(r, &Event{Kind: KindLeave, ID: c.member.ID, Nick: c.member.Nick}, nil)
+	empty := len(r.members) == 0
+	if empty {
+		r.dead = true
+	}
+	r.mu.Unlock()
+	h.metrics.connections.Dec()
+	if empty {
+		h.mu.Lock()
+		if h.rooms[r.name] == r {
+			delete(h.rooms, r.name)
+		}
+		h.mu.Unlock()
+	}
+}
+
+// chat sends a chat message from c to the other members of its room.
+func (h *hub) chat(c *conn, text string) {
+	r := c.room
+	r.mu.Lock()
+	h.publish(r, newChatEvent(c.member, text, time.Now()), c)
+	r.mu.Unlock()
+}
+
+// rename changes c's display name and tells the other members.
+func (h *hub) rename(c *conn, nick string) {
+	r := c.room
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if c.member.Nick == nick {
+		return
+	}
+	c.member.Nick = nick
+	h.publish(r, &Event{Kind: KindNick, ID: c.member.ID, Nick: nick}, c)
+}
+
+// publish fans ev out to the local members of r except the sender and hands
+// it to the registry. The caller holds r.mu.
+func (h *hub) publish(r *room, ev *Event, sender *conn) {
+	r.broadcast(ev.frame(), sender)
+	h.reg.Publish(r.name, ev)
+}
+
+// Deliver implements Host: an event from another instance goes to every
+// local member of the room.
+func (h *hub) Deliver(name string, ev *Event) {
+	h.mu.Lock()
+	r := h.rooms[name]
+	h.mu.Unlock()
+	if r == nil {
+		return
+	}
+	r.mu.Lock()
+	if !r.dead {
+		r.broadcast(ev.frame(), nil)
+	}
+	r.mu.Unlock()
+}
+
+// LocalMembers implements Host.
+func (h *hub) LocalMembers() map[string][]Member {
+	h.mu.Lock()
+	rooms := make([]*room, 0, len(h.rooms))
+	for _, r := range h.rooms {
+		rooms = append(rooms, r)
+	}
+	h.mu.Unlock()
+	out := make(map[string][]Member, len(rooms))
+	for _, r := range rooms {
+		r.mu.Lock()
+		if len(r.members) > 0 {
+			out[r.name] = r.localMembers()
+		}
+		r.mu.Unlock()
+	}
+	return out
+}
+
+// online lists every member of r across the cluster, ordered by id. The
+// caller holds r.mu.
+func (h *hub) online(r *room) []Member {
+	members := append(r.localMembers(), h.reg.RemoteMembers(r.name)...)
+	sort.Slice(members, func(i, j int) bool { return idLess(members[i].ID, members[j].ID) })
+	return members
+}
+
+// idLess orders decimal ids numerically, and anything else after them.
+func idLess(a, b string) bool {
+	an, aerr := strconv.ParseUint(a, 10, 64)
+	bn, berr := strconv.ParseUint(b, 10, 64)
+	if aerr == nil && berr == nil {
+		return an < bn
+	}
+	if len(a) != len(b) {
+		return len(a) < len(b)
+	}
+	return a < b
+}
+
+// localMembers lists r's members on this instance. The caller holds r.mu.
+func (r *room) localMembers() []Member {
+	out := make([]Member, len(r.members))
+	for i, c := range r.members {
+		out[i] = c.member
+	}
+	return out
+}
+
+// broadcast queues one frame for every member but except. The frame is
+// prepared once, so every member shares the same bytes on the wire. The
+// caller holds r.mu.
+func (r *room) broadcast(frame []byte, except *conn) {
+	if len(r.members) == 0 || len(r.members) == 1 && r.members[0] == except {
+		return
+	}
+	pm, err := websocket.NewPreparedMessage(websocket.TextMessage, frame)
+	if err != nil {
+		return // only fails for invalid control frames
+	}
+	for _, c := range r.members {
+		if c != except {
+			c.send(pm)
+		}
+	}
+}
+
+// shutdown closes every connection with 1001 Going Away, waiting at most
+// for timeout, and refuses new ones.
+func (h *hub) shutdown(timeout time.Duration) {
+	h.mu.Lock()
+	h.closed = true
+	var conns []*conn
+	for _, r := range h.rooms {
+		r.mu.Lock()
+		conns = append(conns, r.members...)
+		r.mu.Unlock()
+	}
+	h.mu.Unlock()
+
+	var wg sync.WaitGroup
+	for _, c := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c.closeWith(websocket.CloseGoingAway, "server shutting down", "shutdown")
+		}()
+	}
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(timeout):
+		h.logger.Warn("connections did not close in time", zap.Int("connections", len(conns)), zap.Duration("timeout", timeout))
+	}
+}

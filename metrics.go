@@ -1,0 +1,61 @@
+package chatroom
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics are the module's Prometheus collectors. They are made once per
+// process (see pool.go) and registered with each config's registry, so their
+// values survive reloads.
+type metrics struct {
+	connections     prometheus.Gauge
+	received        prometheus.Counter
+	rateLimited     prometheus.Counter
+	delivered       prometheus.Counter
+	dropped         *prometheus.CounterVec
+	memcachedErrors prometheus.Counter
+}
+
+const metricsNamespace = "caddy"
+const metricsSubsystem = "chatroom"
+
+func newMetrics() *metrics {
+	opts := func(name, help string) prometheus.Opts {
+		return prometheus.Opts{Namespace: metricsNamespace, Subsystem: metricsSubsystem, Name: name, Help: help}
+	}
+	m := &metrics{
+		connections: prometheus.NewGauge(prometheus.GaugeOpts(opts("connections_open",
+			"Chat WebSocket connections open on this instance."))),
+		received: prometheus.NewCounter(prometheus.CounterOpts(opts("messages_received_total",
+			"Chat messages received from clients and accepted for relay."))),
+		rateLimited: prometheus.NewCounter(prometheus.CounterOpts(opts("messages_rate_limited_total",
+			"Chat messages dropped because their sender exceeded rate_limit."))),
+		delivered: prometheus.NewCounter(prometheus.CounterOpts(opts("frames_delivered_total",
+			"Frames written to clients."))),
+		dropped: prometheus.NewCounterVec(prometheus.CounterOpts(opts("clients_dropped_total",
+			"Connections closed by the server, by reason.")), []string{"reason"}),
+		memcachedErrors: prometheus.NewCounter(prometheus.CounterOpts(opts("memcached_errors_total",
+			"Failed memcached requests."))),
+	}
+	for _, reason := range []string{dropSlowConsumer, dropTooBig, dropBinary, dropBadUTF8, dropIdle, dropShutdown, dropWriteError} {
+		m.dropped.WithLabelValues(reason)
+	}
+	return m
+}
+
+// register adds the collectors to reg; collectors already there (from an
+// earlier provisioning of the same config) are fine.
+func (m *metrics) register(reg prometheus.Registerer) error {
+	for _, c := range []prometheus.Collector{m.connections, m.received, m.rateLimited, m.delivered, m.dropped, m.memcachedErrors} {
+		if err := reg.Register(c); err != nil {
+			var already prometheus.AlreadyRegisteredError
+			if !errors.As(err, &already) {
+				return fmt.Errorf("registering chatroom metrics: %w", err)
+			}
+		}
+	}
+	return nil
+}

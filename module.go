@@ -1,0 +1,307 @@
+package chatroom
+
+import (
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/gorilla/websocket"
+	"go.uber.org/zap"
+	"golang.org/x/time/rate"
+)
+
+func init() {
+	caddy.RegisterModule(Handler{})
+}
+
+// Defaults of the handler's settings (SPEC §1).
+const (
+	DefaultPrefix         = "chatroom:"
+	DefaultRoom           = "lobby"
+	DefaultMaxMessageSize = 8 << 10
+	DefaultRateMessages   = 20
+	DefaultRateInterval   = time.Second
+	DefaultSendQueue      = 256
+	DefaultPingInterval   = 25 * time.Second
+	DefaultTTL            = 30 * time.Second
+)
+
+// MaxHistory is the largest `history` a room may replay.
+const MaxHistory = 1000
+
+// Handler is the `chatroom` HTTP handler: it turns a WebSocket upgrade
+// request into a member of a chat room, and passes every other request on to
+// the next handler.
+type Handler struct {
+	// Memcached lists the memcached servers (host:port) shared by every
+	// instance of the cluster, in the same order on every instance. Empty
+	// means the embedded registry: one instance, nothing shared.
+	Memcached []string `json:"memcached,omitempty"`
+
+	// Prefix is the namespace of every memcached key this handler writes.
+	// Default: "chatroom:".
+	Prefix string `json:"prefix,omitempty"`
+
+	// Room is the room name for a connection; placeholders are replaced
+	// per request, e.g. "{http.request.uri.query.room}". A name that
+	// resolves empty is "lobby". Default: "lobby".
+	Room string `json:"room,omitempty"`
+
+	// User is the authenticated display name of the connection, e.g.
+	// "{http.auth.user.id}". When it resolves non-empty the client cannot
+	// change its name. Default: none.
+	User string `json:"user,omitempty"`
+
+	// Origins lists the allowed Origin header values (scheme://host[:port]),
+	// or "*" for any. Default: the request's own host. Requests without an
+	// Origin header (non-browser clients) are always allowed.
+	Origins []string `json:"origins,omitempty"`
+
+	// History is how many of a room's last chat messages a joining client
+	// is sent. Default: 0.
+	History int `json:"history,omitempty"`
+
+	// MaxMessageSize is the largest frame, in bytes, a client may send; a
+	// larger one closes the connection with 1009. Default: 8 KiB.
+	MaxMessageSize int64 `json:"max_message_size,omitempty"`
+
+	// RateLimit is how many chat messages a connection may send per
+	// interval. Default: 20 per 1s.
+	RateLimit *RateLimit `json:"rate_limit,omitempty"`
+
+	// SendQueue is how many outgoing frames a connection may have waiting
+	// before it counts as a slow consumer and is closed. Default: 256.
+	SendQueue int `json:"send_queue,omitempty"`
+
+	// MaxConnections is how many WebSocket connections this instance
+	// accepts; more are answered 503. 0 is no limit. Default: 0.
+	MaxConnections int `json:"max_connections,omitempty"`
+
+	// PingInterval is the server's ping period; a connection silent (no
+	// pong or frame) for two periods is closed. Default: 25s.
+	PingInterval caddy.Duration `json:"ping_interval,omitempty"`
+
+	// TTL is the lifetime of this instance's memcached keys, refreshed
+	// while it runs. Default: 30s.
+	TTL caddy.Duration `json:"ttl,omitempty"`
+
+	hub      *hub
+	hubKey   string
+	metrics  *metrics
+	logger   *zap.Logger
+	upgrader websocket.Upgrader
+	opts     connOptions
+	origins  map[string]bool
+	anyOrig  bool
+}
+
+// RateLimit is a number of chat messages per interval.
+type RateLimit struct {
+	// Messages is how many chat messages fit in one interval.
+	Messages int `json:"messages,omitempty"`
+	// Interval is the length of the interval.
+	Interval caddy.Duration `json:"interval,omitempty"`
+}
+
+// CaddyModule returns the Caddy module information.
+func (Handler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.chatroom",
+		New: func() caddy.Module { return new(Handler) },
+	}
+}
+
+// Provision fills in defaults and joins the hub for this registry
+// configuration, which an earlier config may have made already.
+func (h *Handler) Provision(ctx caddy.Context) error {
+	h.logger = ctx.Logger()
+	h.setDefaults()
+	if err := h.Validate(); err != nil {
+		return err
+	}
+
+	m, err := loadMetrics()
+	if err != nil {
+		return fmt.Errorf("loading chatroom metrics: %w", err)
+	}
+	h.metrics = m
+	if err := m.register(ctx.GetMetricsRegistry()); err != nil {
+		return err
+	}
+
+	h.hubKey = h.registryKey()
+	h.hub, err = loadHub(h.hubKey, m, h.logger, h.newRegistry)
+	if err != nil {
+		_, _ = pool.Delete(metricsKey)
+		return fmt.Errorf("starting chat registry: %w", err)
+	}
+	h.hub.reg.KeepHistory(h.History)
+
+	h.origins = make(map[string]bool, len(h.Origins))
+	for _, o := range h.Origins {
+		if o == "*" {
+			h.anyOrig = true
+		}
+		h.origins[strings.ToLower(o)] = true
+	}
+	h.upgrader = websocket.Upgrader{
+		ReadBufferSize:  1024,
+		WriteBufferPool: new(sync.Pool),
+		// The handler checks origins itself, before the upgrade.
+		CheckOrigin: func(*http.Request) bool { return true },
+	}
+	h.opts = connOptions{
+		history:      h.History,
+		sendQueue:    h.SendQueue,
+		pingInterval: time.Duration(h.PingInterval),
+		rateLimit:    rate.Every(time.Duration(h.RateLimit.Interval) / time.Duration(h.RateLimit.Messages)),
+		rateBurst:    h.RateLimit.Messages,
+		rateText:     strconv.Itoa(h.RateLimit.Messages) + " per " + time.Duration(h.RateLimit.Interval).String(),
+	}
+	return nil
+}
+
+func (h *Handler) setDefaults() {
+	if h.Prefix == "" {
+		h.Prefix = DefaultPrefix
+	}
+	if h.Room == "" {
+		h.Room = DefaultRoom
+	}
+	if h.MaxMessageSize == 0 {
+		h.MaxMessageSize = DefaultMaxMessageSize
+	}
+	if h.RateLimit == nil {
+		h.RateLimit = &RateLimit{}
+	}
+	if h.RateLimit.Messages == 0 {
+		h.RateLimit.Messages = DefaultRateMessages
+	}
+	if h.RateLimit.Interval == 0 {
+		h.RateLimit.Interval = caddy.Duration(DefaultRateInterval)
+	}
+	if h.SendQueue == 0 {
+		h.SendQueue = DefaultSendQueue
+	}
+	if h.PingInterval == 0 {
+		h.PingInterval = caddy.Duration(DefaultPingInterval)
+	}
+	if h.TTL == 0 {
+		h.TTL = caddy.Duration(DefaultTTL)
+	}
+}
+
+// Validate checks the settings; it runs after Provision has filled in
+// defaults.
+func (h *Handler) Validate() error {
+	for _, addr := range h.Memcached {
+		if err := checkHostPort(addr); err != nil {
+			return err
+		}
+	}
+	for _, o := range h.Origins {
+		if err := checkOrigin(o); err != nil {
+			return err
+		}
+	}
+	if h.Prefix != "" && !validKeyPart(h.Prefix) {
+		return fmt.Errorf("prefix %q must be 1 to 100 printable characters without spaces", h.Prefix)
+	}
+	switch {
+	case h.History < 0 || h.History > MaxHistory:
+		return fmt.Errorf("history must be between 0 and %d, got %d", MaxHistory, h.History)
+	case h.MaxMessageSize < 0:
+		return fmt.Errorf("max_message_size must be positive, got %d", h.MaxMessageSize)
+	case h.RateLimit != nil && (h.RateLimit.Messages < 0 || h.RateLimit.Interval < 0):
+		return fmt.Errorf("rate_limit must be positive")
+	case h.SendQueue < 0:
+		return fmt.Errorf("send_queue must be positive, got %d", h.SendQueue)
+	case h.MaxConnections < 0:
+		return fmt.Errorf("max_connections must be 0 or more, got %d", h.MaxConnections)
+	case h.PingInterval < 0:
+		return fmt.Errorf("ping_interval must be positive")
+	case h.TTL < 0:
+		return fmt.Errorf("ttl must be positive")
+	}
+	return nil
+}
+
+// checkHostPort checks a memcached address.
+func checkHostPort(addr string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("memcached server %q: want host:port: %w", addr, err)
+	}
+	if host == "" {
+		return fmt.Errorf("memcached server %q: missing host", addr)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return fmt.Errorf("memcached server %q: bad port %q", addr, port)
+	}
+	return nil
+}
+
+// checkOrigin checks an allowed origin: "*" or scheme://host[:port].
+func checkOrigin(o string) error {
+	if o == "*" {
+		return nil
+	}
+	u, err := url.Parse(o)
+	if err != nil {
+		return fmt.Errorf("origin %q: %w", o, err)
+	}
+	if u.Scheme != "http" && u.Scheme != "https" || u.Host == "" || u.Path != "" || u.RawQuery != "" || u.Fragment != "" || u.User != nil {
+		return fmt.Errorf("origin %q: want scheme://host[:port] with scheme http or https, or *", o)
+	}
+	return nil
+}
+
+// registryKey identifies the registry configuration: handlers with the same
+// key share one hub, and so one set of rooms.
+func (h *Handler) registryKey() string {
+	if len(h.Memcached) == 0 {
+		return "chatroom.hub.embedded"
+	}
+	return fmt.Sprintf("chatroom.hub.memcached|%s|%s|%s", strings.Join(h.Memcached, ","), h.Prefix, time.Duration(h.TTL))
+}
+
+// newRegistry makes the registry the settings ask for.
+func (h *Handler) newRegistry() (Registry, error) {
+	if len(h.Memcached) == 0 {
+		return newEmbeddedRegistry(), nil
+	}
+	return newMemcachedRegistry(memcachedConfig{
+		Servers: h.Memcached,
+		Prefix:  h.Prefix,
+		TTL:     time.Duration(h.TTL),
+	}, h.metrics, h.logger)
+}
+
+// Cleanup releases this config's use of the hub; the last config to go
+// closes its clients and deregisters the instance.
+func (h *Handler) Cleanup() error {
+	if h.hub != nil {
+		if _, err := pool.Delete(h.hubKey); err != nil {
+			return fmt.Errorf("releasing chat hub: %w", err)
+		}
+	}
+	if h.metrics != nil {
+		_, _ = pool.Delete(metricsKey)
+	}
+	return nil
+}
+
+// Interface guards.
+var (
+	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddy.Validator             = (*Handler)(nil)
+	_ caddy.CleanerUpper          = (*Handler)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
+)

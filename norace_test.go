@@ -1,0 +1,5 @@
+//go:build !race
+
+package chatroom
+
+const raceEnabled = false

@@ -1,0 +1,188 @@
+package chatroom
+
+import (
+	"container/list"
+	"context"
+	"strconv"
+	"sync"
+	"sync/atomic"
+)
+
+// Registry is where the rooms of one instance meet the rest of the cluster:
+// it hands out connection ids, keeps each room's history, and carries events
+// and presence between instances. The embedded registry serves one instance;
+// the memcached registry serves many.
+//
+// The hub calls Publish, History and RemoteMembers while it holds a room's
+// lock, so that what a joiner is shown and what it is sent afterwards are in
+// one order: those methods must answer from memory and never wait on the
+// network. Warm and NewID may wait, briefly, before the lock is taken.
+type Registry interface {
+	// Start begins background work. It is called once, before the first
+	// connection joins; host is how the registry reaches the local rooms.
+	Start(host Host) error
+	// NewID returns a connection id that no other live connection in the
+	// cluster has.
+	NewID(ctx context.Context) string
+	// Warm prepares the registry for a member joining room: for example it
+	// loads the room's history and presence from the cluster when this
+	// instance has no member there yet.
+	Warm(ctx context.Context, room string)
+	// Publish hands an event that happened on this instance to the other
+	// instances, and records chat events in the room's history. Events of
+	// one room are published in the order they happened.
+	Publish(room string, ev *Event)
+	// History returns at most n of the room's latest chat events, oldest
+	// first.
+	History(room string, n int) []*Event
+	// RemoteMembers returns the room's members connected to other instances.
+	RemoteMembers(room string) []Member
+	// KeepHistory raises the number of chat events kept per room to at
+	// least n.
+	KeepHistory(n int)
+	// Close stops background work and removes what this instance left in
+	// shared storage. It is called once, when the last config using the
+	// registry is unloaded.
+	Close() error
+}
+
+// Host is the local side of a registry: the hub.
+type Host interface {
+	// Deliver hands an event that happened on another instance to the local
+	// members of room.
+	Deliver(room string, ev *Event)
+	// LocalMembers returns the members of every room on this instance.
+	LocalMembers() map[string][]Member
+}
+
+// maxIdleHistoryRooms bounds how many rooms without members keep their
+// history in the embedded registry, so that a client inventing room names
+// cannot grow memory without end.
+const maxIdleHistoryRooms = 4096
+
+// embeddedRegistry is the registry of a single instance: ids from a counter,
+// history in memory, no remote members.
+type embeddedRegistry struct {
+	lastID atomic.Uint64
+	keep   atomic.Int64
+
+	mu      sync.Mutex
+	history map[string]*list.Element // of *roomHistory, most recent use at the front
+	order   *list.List
+}
+
+type roomHistory struct {
+	room   string
+	events []*Event // ring buffer
+	next   int
+	full   bool
+}
+
+func newEmbeddedRegistry() *embeddedRegistry {
+	return &embeddedRegistry{history: make(map[string]*list.Element), order: list.New()}
+}
+
+// Start implements Registry.
+func (r *embeddedRegistry) Start(Host) error { return nil }
+
+// NewID implements Registry.
+func (r *embeddedRegistry) NewID(context.Context) string {
+	return strconv.FormatUint(r.lastID.Add(1), 10)
+}
+
+// Warm implements Registry.
+func (r *embeddedRegistry) Warm(context.Context, string) {}
+
+// RemoteMembers implements Registry.
+func (r *embeddedRegistry) RemoteMembers(string) []Member { return nil }
+
+// KeepHistory implements Registry.
+func (r *embeddedRegistry) KeepHistory(n int) {
+	for {
+		cur := r.keep.Load()
+		if int64(n) <= cur || r.keep.CompareAndSwap(cur, int64(n)) {
+			return
+		}
+	}
+}
+
+// Publish implements Registry.
+func (r *embeddedRegistry) Publish(room string, ev *Event) {
+	keep := int(r.keep.Load())
+	if ev.Kind != KindChat || keep == 0 {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	h := r.roomHistory(room, true)
+	h.add(ev, keep)
+}
+
+// History implements Registry.
+func (r *embeddedRegistry) History(room string, n int) []*Event {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	h := r.roomHistory(room, false)
+	if h == nil {
+		return nil
+	}
+	return h.latest(n)
+}
+
+// roomHistory returns the history of room and marks it recently used,
+// creating it (and evicting the least recently used) when asked to.
+func (r *embeddedRegistry) roomHistory(room string, create bool) *roomHistory {
+	if el, ok := r.history[room]; ok {
+		r.order.MoveToFront(el)
+		return el.Value.(*roomHistory)
+	}
+	if !create {
+		return nil
+	}
+	if r.order.Len() >= maxIdleHistoryRooms {
+		oldest := r.order.Back()
+		r.order.Remove(oldest)
+		delete(r.history, oldest.Value.(*roomHistory).room)
+	}
+	h := &roomHistory{room: room}
+	r.history[room] = r.order.PushFront(h)
+	return h
+}
+
+// Close implements Registry.
+func (r *embeddedRegistry) Close() error { return nil }
+
+// add appends ev, keeping the last keep events.
+func (h *roomHistory) add(ev *Event, keep int) {
+	if len(h.events) != keep {
+		h.resize(keep)
+	}
+	h.events[h.next] = ev
+	h.next = (h.next + 1) % keep
+	if h.next == 0 {
+		h.full = true
+	}
+}
+
+// resize changes the ring's capacity, keeping the latest events.
+func (h *roomHistory) resize(keep int) {
+	latest := h.latest(keep)
+	h.events = make([]*Event, keep)
+	copy(h.events, latest)
+	h.next = len(latest) % keep
+	h.full = len(latest) == keep
+}
+
+// latest returns at most n events, oldest first.
+func (h *roomHistory) latest(n int) []*Event {
+	var ordered []*Event
+	if h.full {
+		ordered = append(append(ordered, h.events[h.next:]...), h.events[:h.next]...)
+	} else {
+		ordered = append(ordered, h.events[:h.next]...)
+	}
+	if len(ordered) > n {
+		ordered = ordered[len(ordered)-n:]
+	}
+	return ordered
+}
