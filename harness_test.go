@@ -110,7 +110,7 @@ func (b *syncBuffer) String() string {
 // files the test owns.
 func (p *caddyProc) siteConfig(body string) string {
 	body = strings.ReplaceAll(body, "{{root}}", p.dir)
-	return fmt.Sprintf("{\n\tadmin %s\n\tdebug\n\tpersist_config off\n\tgrace_period 2s\n}\n\nhttp://127.0.0.1:%d {\n%s\n}\n", p.Admin, p.Port, body)
+	return fmt.Sprintf("{\n\tadmin %s\n\tdebug\n\tpersist_config off\n\tgrace_period 2s\n}\n\nhttp://127.0.0.1:%d {\n\tbind 127.0.0.1\n%s\n}\n", p.Admin, p.Port, body)
 }
 
 // startCaddy starts a Caddy process whose one site has the given body. It
