@@ -407,3 +407,12 @@ func (c *wsClient) quiet(d time.Duration) {
 	case <-time.After(d):
 	}
 }
+
+// restart stops Caddy as `caddy stop` does and starts it again with the
+// given site body on the same ports, as an operator restarting the server
+// would: clients see the server go away and come back at the same address.
+func (p *caddyProc) restart(body string) {
+	p.t.Helper()
+	p.stop()
+	p.start(body)
+}
