@@ -159,7 +159,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.opts = connOptions{
 		history:      h.History,
-		sendQueue:    h.SendQueue,
+		sendQueue:    h.SendQueue + h.History + 2, // a joiner's burst (welcome, online list, history) is not slowness
 		pingInterval: time.Duration(h.PingInterval),
 		rateLimit:    rate.Every(time.Duration(h.RateLimit.Interval) / time.Duration(h.RateLimit.Messages)),
 		rateBurst:    h.RateLimit.Messages,

@@ -1,0 +1,222 @@
+package chatroom
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+)
+
+// Series names of the module's metrics, as the admin /metrics endpoint
+// shows them.
+const (
+	seriesOpen      = "caddy_chatroom_connections_open"
+	seriesReceived  = "caddy_chatroom_messages_received_total"
+	seriesLimited   = "caddy_chatroom_messages_rate_limited_total"
+	seriesDelivered = "caddy_chatroom_frames_delivered_total"
+	seriesMcErrors  = "caddy_chatroom_memcached_errors_total"
+)
+
+// seriesDropped names the dropped-clients counter of one reason.
+func seriesDropped(reason string) string {
+	return fmt.Sprintf("caddy_chatroom_clients_dropped_total{reason=%q}", reason)
+}
+
+// metrics reads the admin /metrics endpoint and returns every sample by its
+// series text (name plus labels, as printed).
+func (p *caddyProc) metrics() map[string]float64 {
+	p.t.Helper()
+	client := http.Client{Timeout: waitLong}
+	resp, err := client.Get("http://" + p.Admin + "/metrics")
+	if err != nil {
+		p.t.Fatalf("reading /metrics: %v", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		body, _ := io.ReadAll(resp.Body)
+		p.t.Fatalf("reading /metrics: %s: %s", resp.Status, body)
+	}
+	samples := make(map[string]float64)
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if line == "" || line[0] == '#' {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		if i < 0 {
+			continue
+		}
+		v, err := strconv.ParseFloat(line[i+1:], 64)
+		if err != nil {
+			continue
+		}
+		samples[line[:i]] = v
+	}
+	if err := sc.Err(); err != nil {
+		p.t.Fatalf("reading /metrics: %v", err)
+	}
+	return samples
+}
+
+// metric returns one series' value, failing the test when it is missing.
+func (p *caddyProc) metric(series string) float64 {
+	p.t.Helper()
+	v, ok := p.metrics()[series]
+	if !ok {
+		p.t.Fatalf("/metrics has no series %s", series)
+	}
+	return v
+}
+
+// awaitMetric polls /metrics until series satisfies ok, failing after
+// waitLong. Metrics move when the server has acted, which the test cannot
+// otherwise observe: there is no event to await but the value itself.
+func (p *caddyProc) awaitMetric(series string, what string, ok func(float64) bool) float64 {
+	p.t.Helper()
+	deadline := time.Now().Add(waitLong)
+	var v float64
+	for {
+		v = p.metric(series)
+		if ok(v) {
+			return v
+		}
+		if time.Now().After(deadline) {
+			p.t.Fatalf("%s is %v, want %s within %v", series, v, what, waitLong)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestMetricsMoveAndSurviveReload reads the admin /metrics after traffic:
+// every metric of SPEC §5 is there, moves with traffic, has no per-room or
+// per-client label, and a reload does not reset it.
+func TestMetricsMoveAndSurviveReload(t *testing.T) {
+	body := func(tag string) string {
+		return "\theader X-Config " + tag + "\n\tchatroom /ws {\n\t\troom {query.room}\n\t\trate_limit 2 1h\n\t\tmax_message_size 256B\n\t}\n\troot * {{root}}\n\tfile_server"
+	}
+	p := startCaddy(t, body("one"))
+	before := p.metrics()
+	for _, s := range []string{seriesOpen, seriesReceived, seriesLimited, seriesDelivered, seriesMcErrors, seriesDropped(dropSlowConsumer), seriesDropped(dropTooBig)} {
+		if _, ok := before[s]; !ok {
+			t.Errorf("/metrics lacks %s before any traffic", s)
+		}
+	}
+	checkLowCardinality(t, before)
+
+	a := dial(t, p.url("ws", "/ws?room=metrics-a"), nil)
+	aid, _ := a.login()
+	b := dial(t, p.url("ws", "/ws?room=metrics-a"), nil)
+	b.login()
+	a.await("b's join", func(f frame) bool { return f.str("event") == "join" })
+	other := dial(t, p.url("ws", "/ws?room=metrics-b"), nil)
+	other.login()
+	if got := p.awaitMetric(seriesOpen, "3", func(v float64) bool { return v == 3 }); got != 3 {
+		t.Fatalf("open connections %v, want 3", got)
+	}
+
+	// Two chat messages are relayed, the third is over the rate limit.
+	for i := range 3 {
+		a.send(map[string]any{"msg": fmt.Sprintf("m%d", i)})
+	}
+	a.await("rate_limited error", func(f frame) bool { return f.str("error") == ErrCodeRateLimited })
+	b.await("m1", func(f frame) bool { return f.str("msg") == "m1" && f.str("from_id") == aid })
+	// An oversize frame drops the room-b client with reason message_too_big.
+	other.sendRaw(websocket.TextMessage, []byte(`{"msg":"`+strings.Repeat("x", 300)+`"}`))
+	if code := other.awaitClose(); code != websocket.CloseMessageTooBig {
+		t.Fatalf("oversize frame: close code %d, want %d", code, websocket.CloseMessageTooBig)
+	}
+
+	p.awaitMetric(seriesOpen, "2 after one client was dropped", func(v float64) bool { return v == 2 })
+	after := p.metrics()
+	checkLowCardinality(t, after)
+	moved := []struct {
+		series string
+		delta  float64
+	}{
+		{seriesReceived, 2},
+		{seriesLimited, 1},
+		{seriesDropped(dropTooBig), 1},
+	}
+	for _, m := range moved {
+		if d := after[m.series] - before[m.series]; d != m.delta {
+			t.Errorf("%s moved by %v, want %v", m.series, d, m.delta)
+		}
+	}
+	// Welcome, online list, join, two chat frames, the error frame: at
+	// least 8 frames went out.
+	if d := after[seriesDelivered] - before[seriesDelivered]; d < 8 {
+		t.Errorf("%s moved by %v, want at least 8", seriesDelivered, d)
+	}
+
+	// A reload with an unchanged chatroom config keeps every value.
+	p.reload(body("two"))
+	awaitHeader(t, p, "X-Config", "two")
+	reloaded := p.metrics()
+	for _, s := range []string{seriesOpen, seriesReceived, seriesLimited, seriesDelivered, seriesDropped(dropTooBig)} {
+		if reloaded[s] < after[s] {
+			t.Errorf("%s went from %v to %v across a reload", s, after[s], reloaded[s])
+		}
+	}
+	if reloaded[seriesOpen] != 2 {
+		t.Errorf("open connections after reload %v, want 2", reloaded[seriesOpen])
+	}
+
+	// And they keep counting after it.
+	b.send(map[string]any{"msg": "after reload"})
+	a.await("b's message after the reload", func(f frame) bool { return f.str("msg") == "after reload" })
+	p.awaitMetric(seriesReceived, "one more after the reload", func(v float64) bool { return v == after[seriesReceived]+1 })
+}
+
+// checkLowCardinality fails when a chatroom series has a label other than
+// the drop reason: room names and client ids must never become labels.
+func checkLowCardinality(t *testing.T, samples map[string]float64) {
+	t.Helper()
+	reasons := 0
+	for s := range samples {
+		if !strings.HasPrefix(s, "caddy_chatroom_") {
+			continue
+		}
+		name, labels, hasLabels := strings.Cut(s, "{")
+		if !hasLabels {
+			continue
+		}
+		if name != "caddy_chatroom_clients_dropped_total" || !strings.HasPrefix(labels, `reason="`) || strings.Count(labels, "=") != 1 {
+			t.Errorf("series %s has a label besides the drop reason", s)
+		}
+		reasons++
+	}
+	if reasons > 16 {
+		t.Errorf("%d drop reasons: the reason label is not low-cardinality", reasons)
+	}
+}
+
+// awaitHeader polls the site until a plain GET answers with header set to
+// want: the sign that a reload has taken effect.
+func awaitHeader(t *testing.T, p *caddyProc, header, want string) {
+	t.Helper()
+	client := http.Client{Timeout: waitLong}
+	deadline := time.Now().Add(waitLong)
+	for {
+		resp, err := client.Get(p.url("http", "/"))
+		if err == nil {
+			got := resp.Header.Get(header)
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if got == want {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s never became %q after the reload (last error %v)", header, want, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
