@@ -201,6 +201,34 @@ func (h *hub) Deliver(name string, ev *Event) {
 	r.mu.Unlock()
 }
 
+// DeliverWith runs update under the lock that orders room's events, then
+// fans the events it returns out to the room's local members. A registry
+// uses it to record a remote event (history, presence) and deliver it in
+// one step, so that a member joining at that moment finds the event either
+// in what it is shown on joining or live, never both or neither.
+func (h *hub) DeliverWith(name string, update func() []*Event) {
+	for {
+		h.mu.Lock()
+		r := h.rooms[name]
+		if r == nil {
+			update() // no members to tell; a joiner takes h.mu first
+			h.mu.Unlock()
+			return
+		}
+		h.mu.Unlock()
+		r.mu.Lock()
+		if r.dead {
+			r.mu.Unlock()
+			continue // being removed: a joiner will make a fresh room
+		}
+		for _, ev := range update() {
+			r.broadcast(ev.frame(), nil)
+		}
+		r.mu.Unlock()
+		return
+	}
+}
+
 // LocalMembers implements Host.
 func (h *hub) LocalMembers() map[string][]Member {
 	h.mu.Lock()

@@ -1,0 +1,110 @@
+package chatroom
+
+import (
+	"math/rand/v2"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/bradfitz/gomemcache/memcache"
+)
+
+// Connection ids (SPEC §3: unique across the cluster, never reused by two
+// live connections) come from two disjoint ranges:
+//
+//   - the cluster counter <prefix>id, taken in blocks of idBlock so that a
+//     connection rarely costs a round trip. The counter is seeded with the
+//     current time in milliseconds, or above any id this instance has seen
+//     in the cluster if that is higher, whenever it is missing (first use,
+//     memcached restarted, evicted). The counter then grows by at most a few
+//     thousand per second, so a later seed taken from the clock is above
+//     every id handed out before: ids stay unique across a memcached restart
+//     while their connections are live. Counter ids have 13 digits today
+//     and stay below fallbackIDBase for millions of years.
+//   - while memcached is unreachable, fallback ids: fallbackIDBase plus a
+//     random per-instance number times fallbackIDSpan plus a local counter.
+//     They are above anything the counter reaches, so they never equal a
+//     counter id; two instances share a fallback range only if they draw
+//     the same of 10^10 random numbers.
+const (
+	idBlock          = 16
+	idCounterTTL     = 24 * time.Hour
+	fallbackIDBase   = uint64(1_000_000_000_000_000_000) // 10^18
+	fallbackIDSpan   = uint64(100_000_000)               // 10^8 ids per random draw
+	fallbackIDRanges = uint64(10_000_000_000)            // 10^10 draws
+)
+
+// idAllocator hands out connection ids.
+type idAllocator struct {
+	client *mcClient
+	keys   keySchema
+	// floor returns the highest counter id known in the cluster (from
+	// presence), so that a re-seed lands above it.
+	floor func() uint64
+
+	mu        sync.Mutex
+	next, end uint64 // the current block: next..end
+	highest   uint64 // highest counter value this instance obtained
+	fbBase    uint64 // current fallback range
+	fbNext    uint64
+}
+
+// blockEnd returns the end of the current counter block, published in the
+// presence snapshot so that a re-seed elsewhere lands above it.
+func (a *idAllocator) blockEnd() uint64 {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.highest
+}
+
+// newID returns a fresh id: from the current block, from a new block, or,
+// when memcached cannot be reached, from the fallback range.
+func (a *idAllocator) newID() string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.next == 0 || a.next > a.end {
+		if !a.client.isUp() || !a.refill() {
+			return strconv.FormatUint(a.fallback(), 10)
+		}
+	}
+	id := a.next
+	a.next++
+	return strconv.FormatUint(id, 10)
+}
+
+// refill takes a new block from the cluster counter. The caller holds a.mu.
+func (a *idAllocator) refill() bool {
+	key := a.keys.idCounter()
+	end, err := a.client.incr(key, idBlock)
+	if isMiss(err) {
+		seed := max(uint64(time.Now().UnixMilli()), a.highest, a.floor())
+		// Add fails when another instance seeded first: its seed is
+		// as good, and the increment below goes on from it.
+		err = a.client.add(&memcache.Item{Key: key, Value: []byte(strconv.FormatUint(seed, 10)), Expiration: expirySeconds(idCounterTTL)})
+		if answer(err) {
+			end, err = a.client.incr(key, idBlock)
+		}
+	}
+	if err == nil && end <= a.highest {
+		// The counter was lost and re-seeded below what this instance
+		// handed out (a peer with a slow clock): push it above.
+		end, err = a.client.incr(key, a.highest-end+idBlock)
+	}
+	if err != nil || end >= fallbackIDBase {
+		return false
+	}
+	a.next, a.end, a.highest = end-idBlock+1, end, end
+	return true
+}
+
+// fallback returns the next id of this instance's fallback range. The
+// caller holds a.mu.
+func (a *idAllocator) fallback() uint64 {
+	if a.fbBase == 0 || a.fbNext >= fallbackIDSpan {
+		a.fbBase = fallbackIDBase + rand.Uint64N(fallbackIDRanges)*fallbackIDSpan
+		a.fbNext = 1
+	}
+	id := a.fbBase + a.fbNext
+	a.fbNext++
+	return id
+}
