@@ -191,7 +191,9 @@ async function saveShot(name, png) {
 }
 
 test('two browser contexts chat both ways', { timeout: TEST_TIMEOUT }, async () => {
-  const room = uniqueRoom('both-ways');
+  // The pictures for the README show the default room; a fresh server
+  // (as browser_test.go starts) has no history in it.
+  const room = SHOTS ? 'lobby' : uniqueRoom('both-ways');
   const alice = await openChat(room);
   const bob = await openChat(room);
   try {
@@ -399,5 +401,82 @@ test('frames of the seed protocol alone are shown sensibly', { timeout: TEST_TIM
     await awaitNotice(page, 'maintenance at noon');
   } finally {
     await context.close();
+  }
+});
+
+test('works with the keyboard alone', { timeout: TEST_TIMEOUT }, async () => {
+  const room = uniqueRoom('keyboard');
+  const a = await openChat(room);
+  const b = await openChat(room);
+  try {
+    const focused = () => a.page.evaluate(() => document.activeElement?.id ?? '');
+    // Tab order: name field, Set, the message log (scrollable), message box.
+    await a.page.keyboard.press('Tab');
+    assert.equal(await focused(), 'nick-input');
+    await a.page.keyboard.type('Kim');
+    await a.page.keyboard.press('Enter');
+    await a.page.keyboard.press('Tab');
+    assert.equal(await focused(), 'nick-button');
+    await a.page.keyboard.press('Tab');
+    assert.equal(await focused(), 'log');
+    await a.page.keyboard.press('Tab');
+    assert.equal(await focused(), 'msg-input');
+    await a.page.keyboard.type('typed, not clicked');
+    await a.page.keyboard.press('Enter');
+    const got = await awaitMessage(b.page, 'typed, not clicked');
+    assert.equal(got.from, 'Kim');
+    assert.equal(await focused(), 'msg-input', 'the message box keeps the focus after sending');
+    assertNoProblems(a, b);
+  } finally {
+    await a.context.close();
+    await b.context.close();
+  }
+});
+
+test('a reconnect does not repeat the history the server replays', { timeout: TEST_TIMEOUT }, async () => {
+  // The server keeps running (history 50); only A's connection drops. A's
+  // WebSocket goes through Playwright, which passes frames on to the real
+  // server and can cut the connection.
+  const room = uniqueRoom('replay');
+  const b = await openChat(room);
+  const context = await browser.newContext({ viewport: { width: 760, height: 560 } });
+  try {
+    const page = await context.newPage();
+    const routes = [];
+    let openGate;
+    const gate = new Promise((resolve) => { openGate = resolve; });
+    await page.routeWebSocket(/\/ws/, async (ws) => {
+      routes.push(ws);
+      if (routes.length > 1) await gate; // hold the reconnect until B has spoken
+      routes[routes.length - 1].server = ws.connectToServer();
+    });
+    await page.goto(`${BASE}/?room=${encodeURIComponent(room)}`, { timeout: WAIT });
+    await awaitConnected(page, 1);
+    const aid = (await page.locator('#my-id').textContent()).replace(/^#/, '');
+    await awaitOnline(b.page, [aid, b.id]);
+
+    await send(b.page, 'one');
+    await send(b.page, 'two');
+    await awaitMessage(page, 'two');
+    await send(page, 'three');
+    await awaitMessage(b.page, 'three');
+
+    await routes[0].close({ code: 4000, reason: 'test drop' });
+    routes[0].server.close();
+    await awaitNotice(page, 'Disconnected');
+    await awaitOnline(b.page, [b.id]);
+    await send(b.page, 'while you were away');
+    openGate();
+    await awaitConnected(page, 2);
+    const newId = (await page.locator('#my-id').textContent()).replace(/^#/, '');
+    await awaitOnline(b.page, [newId, b.id]);
+    await send(b.page, 'four');
+    await awaitMessage(page, 'four');
+    const texts = await page.locator('#log li.msg .text').allTextContents();
+    assert.deepEqual(texts, ['one', 'two', 'three', 'while you were away', 'four'], 'each message once, in order');
+    assertNoProblems(b);
+  } finally {
+    await context.close();
+    await b.context.close();
   }
 });

@@ -26,6 +26,7 @@
   const ui = {
     status: el('status'),
     statusText: el('status-text'),
+    statusDetail: el('status-detail'),
     retryNow: el('retry-now'),
     room: el('room-name'),
     myId: el('my-id'),
@@ -146,16 +147,18 @@
     countdownTimer = setInterval(showCountdown, 1000);
   }
 
+  // The countdown ticks outside the live region, so that a screen reader
+  // announces going offline once rather than every second.
   function showCountdown() {
     const seconds = Math.max(1, Math.ceil((retryAt - Date.now()) / 1000));
-    const what = connections ? 'Offline' : 'Cannot reach the chat server';
-    setStatus('offline', what + ' · retrying in ' + seconds + ' s');
+    setStatus('offline', connections ? 'Offline' : 'Cannot connect', '· retrying in ' + seconds + ' s');
   }
 
-  function setStatus(state, text) {
+  function setStatus(state, text, detail = '') {
     ui.status.dataset.state = state;
     ui.status.dataset.connections = String(connections);
-    ui.statusText.textContent = text;
+    if (ui.statusText.textContent !== text) ui.statusText.textContent = text;
+    ui.statusDetail.textContent = detail;
     ui.retryNow.hidden = state !== 'offline';
   }
 
