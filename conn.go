@@ -71,6 +71,7 @@ type conn struct {
 	pingDue   bool
 	closing   bool // no more frames are queued
 	pingTimer *time.Timer
+	closedBy  string // the drop reason when the server closed it, for the log
 }
 
 func newConn(ws *websocket.Conn, h *hub, roomName string, member Member, opts connOptions, logger *zap.Logger) *conn {
@@ -99,7 +100,13 @@ func (c *conn) serve(ctx context.Context) {
 		c.stopPinging()
 		c.hub.leave(c)
 		_ = c.ws.Close()
-		c.logger.Debug("connection closed")
+		c.mu.Lock()
+		reason := c.closedBy
+		c.mu.Unlock()
+		if reason == "" {
+			reason = "client"
+		}
+		c.logger.Debug("connection closed", zap.String("reason", reason))
 	}()
 	c.startPinging()
 	c.readLoop()
@@ -138,7 +145,9 @@ func (c *conn) noteReadError(err error) {
 	case errors.Is(err, websocket.ErrReadLimit):
 		// gorilla has sent close 1009 already.
 		c.hub.metrics.dropped.WithLabelValues(dropTooBig).Inc()
-		c.logger.Debug("frame over max_message_size")
+		c.mu.Lock()
+		c.closedBy = dropTooBig
+		c.mu.Unlock()
 	case errors.As(err, &netErr) && netErr.Timeout():
 		c.closeWith(websocket.CloseGoingAway, "no pong or frame for two ping intervals", dropIdle)
 	}
@@ -304,7 +313,10 @@ func (c *conn) closeWith(code int, text, reason string) {
 // finishClose does the work of closeWith once c.closing is set.
 func (c *conn) finishClose(code int, text, reason string) {
 	c.hub.metrics.dropped.WithLabelValues(reason).Inc()
-	c.logger.Debug("closing connection", zap.Int("code", code), zap.String("reason", text))
+	// Logged once, with the others, when the reader ends.
+	c.mu.Lock()
+	c.closedBy = reason
+	c.mu.Unlock()
 	_ = c.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, text), time.Now().Add(closeWait))
 	_ = c.ws.Close()
 }

@@ -220,3 +220,66 @@ func awaitHeader(t *testing.T, p *caddyProc, header, want string) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// TestLogsOneLinePerConnection: through Caddy's logger, at debug level, a
+// connection logs one line when it opens and one when it closes (with the
+// reason), and nothing per message.
+func TestLogsOneLinePerConnection(t *testing.T) {
+	p := startCaddy(t, faultSite("rate_limit 1000 1s"))
+	rc := joinRoom(t, p.url("ws", "/ws"), 3)
+	a, b, c := rc.clients[0], rc.clients[1], rc.clients[2]
+	for i := range 50 {
+		a.send(map[string]any{"msg": fmt.Sprintf("m%d", i)})
+	}
+	a.send(map[string]any{"nick": "alice"})
+	a.sendRaw(websocket.TextMessage, []byte("not json"))
+	b.await("a's last message", isChat(rc.ids[0], "m49"))
+	c.sendRaw(websocket.BinaryMessage, []byte("binary"))
+	c.awaitClose()
+	_ = a.conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""), time.Now().Add(waitLong))
+	a.awaitClose()
+
+	lines := func() (opened, closed []string, other []string) {
+		for _, line := range strings.Split(p.out.String(), "\n") {
+			if !strings.Contains(line, `"logger":"http.handlers.chatroom"`) {
+				continue
+			}
+			switch {
+			case strings.Contains(line, `"msg":"connection opened"`):
+				opened = append(opened, line)
+			case strings.Contains(line, `"msg":"connection closed"`):
+				closed = append(closed, line)
+			default:
+				other = append(other, line)
+			}
+		}
+		return
+	}
+	// The close line is written just after the leave the others see:
+	// poll the output for it.
+	deadline := time.Now().Add(waitLong)
+	opened, closed, other := lines()
+	for len(closed) < 2 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+		opened, closed, other = lines()
+	}
+	if len(opened) != 3 || len(closed) != 2 || len(other) != 0 {
+		t.Fatalf("chatroom log lines: %d opened (want 3), %d closed (want 2), others %q", len(opened), len(closed), other)
+	}
+	for _, line := range append(opened, closed...) {
+		if !strings.Contains(line, `"level":"debug"`) || !strings.Contains(line, `"id":"`) || !strings.Contains(line, `"room":"lobby"`) {
+			t.Errorf("log line lacks debug level, id or room: %s", line)
+		}
+	}
+	reasons := map[string]bool{}
+	for _, line := range closed {
+		for _, r := range []string{`"reason":"client"`, `"reason":"` + dropBinary + `"`} {
+			if strings.Contains(line, r) {
+				reasons[r] = true
+			}
+		}
+	}
+	if len(reasons) != 2 {
+		t.Errorf("close lines %q: want one closed by the client and one for the binary frame", closed)
+	}
+}
