@@ -283,3 +283,69 @@ func TestLogsOneLinePerConnection(t *testing.T) {
 		t.Errorf("close lines %q: want one closed by the client and one for the binary frame", closed)
 	}
 }
+
+// TestMemcachedOutageCountedAndLogged: while memcached is down the members
+// of an instance keep chatting, the failures are counted in
+// memcached_errors_total, and the outage is logged once when it starts (at
+// warn) and once when memcached returns (at info), not once per message.
+func TestMemcachedOutageCountedAndLogged(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration test: skipped with -short")
+	}
+	m := startMemcached(t)
+	p := startCaddyCluster(t, "rate_limit 1000 1s", m.Addr)
+	rc := joinRoom(t, p.url("ws", "/ws"), 2)
+	a, b := rc.clients[0], rc.clients[1]
+	errorsBefore := p.metric(seriesMcErrors)
+
+	m.stop()
+	for i := range 30 {
+		a.send(map[string]any{"msg": fmt.Sprintf("during %d", i)})
+	}
+	for i := range 30 {
+		b.await(fmt.Sprintf("message %d during the outage", i), isChat(rc.ids[0], fmt.Sprintf("during %d", i)))
+	}
+	p.awaitMetric(seriesMcErrors, "more than before the outage", func(v float64) bool { return v > errorsBefore })
+	awaitLogLines(t, p, `"msg":"memcached unreachable`, 1)
+
+	m.start()
+	awaitLogLines(t, p, `"msg":"memcached reachable again`, 1)
+	b.send(map[string]any{"msg": "after"})
+	a.await("a message after memcached returned", isChat(rc.ids[1], "after"))
+
+	var warnings []string
+	for _, line := range strings.Split(p.out.String(), "\n") {
+		if strings.Contains(line, `"logger":"http.handlers.chatroom`) && (strings.Contains(line, `"level":"warn"`) || strings.Contains(line, `"level":"error"`)) {
+			warnings = append(warnings, line)
+		}
+	}
+	if len(warnings) > 3 {
+		t.Errorf("%d warnings for one outage and 31 messages, want at most 3:\n%s", len(warnings), strings.Join(warnings, "\n"))
+	}
+	if n := countLogLines(p, `"msg":"memcached unreachable`); n != 1 {
+		t.Errorf("the outage was logged %d times, want once", n)
+	}
+}
+
+// countLogLines counts the chatroom's log lines containing s.
+func countLogLines(p *caddyProc, s string) int {
+	n := 0
+	for _, line := range strings.Split(p.out.String(), "\n") {
+		if strings.Contains(line, `"logger":"http.handlers.chatroom`) && strings.Contains(line, s) {
+			n++
+		}
+	}
+	return n
+}
+
+// awaitLogLines polls Caddy's output until n chatroom log lines contain s.
+func awaitLogLines(t *testing.T, p *caddyProc, s string, n int) {
+	t.Helper()
+	deadline := time.Now().Add(waitLong)
+	for countLogLines(p, s) < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d log lines with %s within %v, want %d", countLogLines(p, s), s, waitLong, n)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
