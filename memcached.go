@@ -141,6 +141,11 @@ func (r *memcachedRegistry) Start(host Host) error {
 	r.started = true
 	r.host = host
 	r.ctx, r.cancel = context.WithCancel(context.Background())
+	// The first heartbeat registers this instance before its first member
+	// joins, so that a joiner elsewhere finds both together.
+	r.mu.Unlock()
+	r.beat()
+	r.mu.Lock()
 	r.wg.Add(3)
 	go r.heartbeatLoop()
 	go r.publishLoop()

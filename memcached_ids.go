@@ -13,14 +13,14 @@ import (
 // live connections) come from two disjoint ranges:
 //
 //   - the cluster counter <prefix>id, taken in blocks of idBlock so that a
-//     connection rarely costs a round trip. The counter is seeded with the
-//     current time in milliseconds, or above any id this instance has seen
-//     in the cluster if that is higher, whenever it is missing (first use,
-//     memcached restarted, evicted). The counter then grows by at most a few
-//     thousand per second, so a later seed taken from the clock is above
-//     every id handed out before: ids stay unique across a memcached restart
-//     while their connections are live. Counter ids have 13 digits today
-//     and stay below fallbackIDBase for millions of years.
+//     connection rarely costs a round trip. Whenever the counter is missing
+//     (first use, memcached restarted, evicted) it is seeded with the
+//     microseconds since idEpoch, or above any id this instance has seen
+//     in the cluster if that is higher. A cluster hands out far fewer than
+//     a million ids a second, so a later seed taken from the clock is above
+//     every id handed out before: ids stay unique across a memcached
+//     restart while their connections are live. Counter ids have 14 digits
+//     today and stay below fallbackIDBase for thousands of years.
 //   - while memcached is unreachable, fallback ids: fallbackIDBase plus a
 //     random per-instance number times fallbackIDSpan plus a local counter.
 //     They are above anything the counter reaches, so they never equal a
@@ -33,6 +33,10 @@ const (
 	fallbackIDSpan   = uint64(100_000_000)               // 10^8 ids per random draw
 	fallbackIDRanges = uint64(10_000_000_000)            // 10^10 draws
 )
+
+// idEpoch is where the clock seed of the id counter starts: it keeps ids a
+// few digits shorter than Unix microseconds would.
+var idEpoch = time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
 
 // idAllocator hands out connection ids.
 type idAllocator struct {
@@ -77,7 +81,7 @@ func (a *idAllocator) refill() bool {
 	key := a.keys.idCounter()
 	end, err := a.client.incr(key, idBlock)
 	if isMiss(err) {
-		seed := max(uint64(time.Now().UnixMilli()), a.highest, a.floor())
+		seed := max(uint64(time.Since(idEpoch).Microseconds()), a.highest, a.floor())
 		// Add fails when another instance seeded first: its seed is
 		// as good, and the increment below goes on from it.
 		err = a.client.add(&memcache.Item{Key: key, Value: []byte(strconv.FormatUint(seed, 10)), Expiration: expirySeconds(idCounterTTL)})

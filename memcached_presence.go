@@ -65,7 +65,7 @@ func (r *memcachedRegistry) indexTTL() time.Duration { return max(3*r.nodeTTL, t
 // heartbeat or second, whichever is shorter.
 func (r *memcachedRegistry) heartbeatLoop() {
 	defer r.wg.Done()
-	t := time.NewTimer(0)
+	t := time.NewTimer(r.heartbeat) // Start made the first beat
 	defer t.Stop()
 	for {
 		select {
