@@ -160,16 +160,21 @@ func (c *conn) handleFrame(data []byte) {
 		c.sendFrame(errorMessage(ErrCodeInvalidJSON, err.Error()))
 		return
 	}
-	if in.hasNick() {
-		c.handleNick(in)
-	}
 	text := in.chatText()
-	if text == "" {
+	if text == "" && !in.hasNick() {
 		return
 	}
+	// A rename reaches every member too: it counts against the limit, or
+	// renames would flood a room past it.
 	if !c.limiter.Allow() {
 		c.hub.metrics.rateLimited.Inc()
 		c.sendFrame(errorMessage(ErrCodeRateLimited, "rate limit exceeded: at most "+c.opts.rateText+"; message dropped"))
+		return
+	}
+	if in.hasNick() {
+		c.handleNick(in)
+	}
+	if text == "" {
 		return
 	}
 	c.hub.metrics.received.Inc()

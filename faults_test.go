@@ -188,38 +188,55 @@ func TestFrameViolationsClose(t *testing.T) {
 
 // TestRateLimit: messages over rate_limit get a rate_limited error frame
 // and are not relayed; the connection stays. The proof that the excess was
-// not relayed is a marker from the same sender that does not count against
-// the limit (a rename): it reaches the other member right after the allowed
-// messages, so nothing was relayed in between.
+// not relayed is a marker: the sender handles its frames in order, so once
+// it has the error frame for its last one, everything it relayed is queued
+// for the others; a third member's message sent then reaches the receiver
+// right after the allowed messages.
 func TestRateLimit(t *testing.T) {
 	p := startCaddy(t, faultSite("rate_limit 3 1h"))
-	rc := joinRoom(t, p.url("ws", "/ws"), 2)
-	a, b := rc.clients[0], rc.clients[1]
-	aid := rc.ids[0]
-
-	for i := range 5 {
-		a.send(map[string]any{"msg": fmt.Sprintf("m%d", i)})
-	}
-	for i := range 2 {
-		f := a.next()
-		if f.str("error") != ErrCodeRateLimited || f.str("msg_source") != "server" || f.str("msg") == "" {
-			t.Fatalf("a's frame %d after 5 messages is %v, want a rate_limited error frame", i, f)
-		}
-	}
-	a.send(map[string]any{"nick": "marker"})
-	for i := range 3 {
-		if f := b.next(); !isChat(aid, fmt.Sprintf("m%d", i))(f) {
-			t.Fatalf("b's frame %d is %v, want a's m%d", i, f, i)
-		}
-	}
-	if f := b.next(); !isEvent("nick", aid)(f) || f.str("nick") != "marker" {
-		t.Fatalf("after the allowed messages b got %v, want a's rename (the excess must not be relayed)", f)
-	}
-	// The connection stays: it still receives, and the others still hear
-	// from each other.
-	b.send(map[string]any{"msg": "still there?"})
-	if f := a.next(); !isChat(rc.ids[1], "still there?")(f) {
-		t.Fatalf("a's next frame is %v, want b's message", f)
+	for _, tc := range []struct {
+		name  string
+		frame func(i int) map[string]any
+		match func(id string, i int) func(frame) bool
+	}{
+		{"chat", func(i int) map[string]any { return map[string]any{"msg": fmt.Sprintf("m%d", i)} },
+			func(id string, i int) func(frame) bool { return isChat(id, fmt.Sprintf("m%d", i)) }},
+		// Renames reach every member too; unlimited, they would flood a
+		// room past the limit.
+		{"rename", func(i int) map[string]any { return map[string]any{"nick": fmt.Sprintf("n%d", i)} },
+			func(id string, i int) func(frame) bool {
+				return func(f frame) bool { return isEvent("nick", id)(f) && f.str("nick") == fmt.Sprintf("n%d", i) }
+			}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rc := joinRoom(t, p.url("ws", "/ws"), 3)
+			a, b, marker := rc.clients[0], rc.clients[1], rc.clients[2]
+			aid := rc.ids[0]
+			for i := range 5 {
+				a.send(tc.frame(i))
+			}
+			for i := range 2 {
+				f := a.next()
+				if f.str("error") != ErrCodeRateLimited || f.str("msg_source") != "server" || f.str("msg") == "" {
+					t.Fatalf("a's frame %d after 5 frames is %v, want a rate_limited error frame", i, f)
+				}
+			}
+			marker.send(map[string]any{"msg": "marker"})
+			for i := range 3 {
+				if f := b.next(); !tc.match(aid, i)(f) {
+					t.Fatalf("b's frame %d is %v, want a's frame %d", i, f, i)
+				}
+			}
+			if f := b.next(); !isChat(rc.ids[2], "marker")(f) {
+				t.Fatalf("after the allowed frames b got %v, want the marker (the excess must not be relayed)", f)
+			}
+			// The connection stays: it still receives.
+			b.send(map[string]any{"msg": "still there?"})
+			a.await("b's message", isChat(rc.ids[1], "still there?"))
+			for _, c := range rc.clients {
+				_ = c.conn.Close()
+			}
+		})
 	}
 }
 

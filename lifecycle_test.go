@@ -171,15 +171,12 @@ func dialNoPong(t *testing.T, url string) *wsClient {
 	return c
 }
 
-// TestStopDeletesOwnMemcachedKeys and TestSIGTERMDeletesOwnMemcachedKeys:
-// with memcached, a stopping instance closes its clients with 1001 and
-// deletes its own keys (its presence snapshot and its entry in the index of
-// instances), but never another instance's keys, the shared ones, or keys
-// outside its prefix (no flush_all).
-func TestStopDeletesOwnMemcachedKeys(t *testing.T) {
-	testShutdownWithMemcached(t, func(p *caddyProc) { p.stop() })
-}
-
+// TestSIGTERMDeletesOwnMemcachedKeys: with memcached, an instance stopped
+// by SIGTERM closes its clients in every room with 1001 and deletes its own
+// keys (its presence snapshot and its entry in the index of instances), but
+// never another instance's keys, the cluster's shared ones, or keys outside
+// its prefix (no flush_all). TestClusterStopInstanceRemovesItsKeys covers
+// `caddy stop`.
 func TestSIGTERMDeletesOwnMemcachedKeys(t *testing.T) {
 	testShutdownWithMemcached(t, func(p *caddyProc) {
 		p.signal(syscall.SIGTERM)
