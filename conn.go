@@ -251,7 +251,11 @@ func (c *conn) writeLoop() {
 		c.spare = batch[:0]
 		c.mu.Unlock()
 		if err != nil {
-			c.closeWith(websocket.CloseGoingAway, "write failed", dropWriteError)
+			// ErrCloseSent: the client closed first and gorilla answered
+			// it; the reader ends the connection, and it is no drop.
+			if !errors.Is(err, websocket.ErrCloseSent) {
+				c.closeWith(websocket.CloseGoingAway, "write failed", dropWriteError)
+			}
 			return
 		}
 	}

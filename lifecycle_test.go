@@ -22,24 +22,33 @@ import (
 // the reload is in the same room.
 func TestReloadKeepsConnections(t *testing.T) {
 	body := func(tag string) string {
-		return "\theader X-Config " + tag + "\n" + faultSite("rate_limit 100000 1s")
+		// Each member can have every message of the other queued: this
+		// test is about the reload, not about slow consumers.
+		return "\theader X-Config " + tag + "\n" + faultSite("rate_limit 100000 1s", "send_queue 8192")
 	}
 	p := startCaddy(t, body("one"))
 	rc := joinRoom(t, p.url("ws", "/ws"), 2)
 	a, b := rc.clients[0], rc.clients[1]
 
-	// Both members send without pause while the main goroutine reloads,
-	// and go on for a while after the reload returned.
+	// Both members send every 2 ms (a busy chat, which the server keeps
+	// up with even under the race detector): 100 messages before the
+	// reload, then while the main goroutine reloads, then 50 after the
+	// reload returned.
+	const maxSent = 4000 // 8 s of sending: the reload takes far less
 	reloaded := make(chan struct{})
 	sent := make([]int, 2)
+	after := make([]int, 2)
 	errs := make(chan error, 2)
+	warm := make(chan struct{}, 2)
 	for i, c := range rc.clients {
 		go func() {
-			after := 0
-			for sent[i] < 3000 && after < 50 {
+			tick := time.NewTicker(2 * time.Millisecond)
+			defer tick.Stop()
+			for sent[i] < maxSent && after[i] < 50 {
+				<-tick.C
 				select {
 				case <-reloaded:
-					after++
+					after[i]++
 				default:
 				}
 				c.wmu.Lock()
@@ -51,9 +60,19 @@ func TestReloadKeepsConnections(t *testing.T) {
 					return
 				}
 				sent[i]++
+				if sent[i] == 100 {
+					warm <- struct{}{}
+				}
 			}
 			errs <- nil
 		}()
+	}
+	for range 2 {
+		select {
+		case <-warm:
+		case err := <-errs:
+			t.Fatalf("sending before the reload: %v", err)
+		}
 	}
 	p.reload(body("two"))
 	close(reloaded)
@@ -62,6 +81,9 @@ func TestReloadKeepsConnections(t *testing.T) {
 		if err := <-errs; err != nil {
 			t.Fatalf("sending around the reload: %v", err)
 		}
+	}
+	if after[0] < 50 || after[1] < 50 {
+		t.Fatalf("the reload outlasted %d messages: %v sent after it", maxSent, after)
 	}
 	// Each member got every message of the other, in order, and no one
 	// left.
