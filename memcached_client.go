@@ -7,6 +7,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/bradfitz/gomemcache/memcache"
@@ -75,12 +76,24 @@ func answer(err error) bool {
 		errors.Is(err, memcache.ErrNotStored) || errors.Is(err, memcache.ErrCASConflict)
 }
 
+// staleConn reports whether err is what a pooled connection gives after
+// memcached restarted: the next connection may be fine.
+func staleConn(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+}
+
 // do runs one request. After memcached restarts, each pooled connection
-// fails once with EOF: the request is retried once before memcached counts
-// as down.
+// fails once with EOF: the request is retried on the next one, up to the
+// size of the pool, and once more for any other failure, before memcached
+// counts as down.
 func (c *mcClient) do(op string, f func() error) error {
 	c.requests.Add(1)
 	err := f()
+	for stale := 0; staleConn(err) && stale < memcachedMaxIdleConns; stale++ {
+		c.requests.Add(1)
+		err = f()
+	}
 	if unavailable(err) {
 		c.requests.Add(1)
 		err = f()

@@ -54,6 +54,8 @@ type logEntry struct {
 	Node string `json:"node"`
 	// Gen orders the presence changes of Node (see memcached_presence.go).
 	Gen uint64 `json:"gen,omitempty"`
+	// At is when Node published it, in Unix milliseconds.
+	At int64 `json:"at,omitempty"`
 	// Event is the event itself.
 	Event *Event `json:"ev"`
 }
@@ -76,12 +78,14 @@ func decodeLogEntry(value []byte) (*logEntry, bool) {
 type outboxEntry struct {
 	room string
 	gen  uint64
+	at   time.Time
 	ev   *Event
 }
 
 // enqueueLocked adds e to the outbox and wakes the publisher. The caller
 // holds r.mu.
 func (r *memcachedRegistry) enqueueLocked(e outboxEntry) {
+	e.at = time.Now()
 	if len(r.outbox) >= maxOutbox {
 		if !r.outboxFull {
 			r.outboxFull = true
@@ -177,7 +181,7 @@ func (r *memcachedRegistry) publishBatch(batch []outboxEntry, touched map[string
 		}
 		first := last - uint64(len(events)) + 1
 		for j, e := range events {
-			value, err := json.Marshal(logEntry{Node: r.nodeID, Gen: e.gen, Event: e.ev})
+			value, err := json.Marshal(logEntry{Node: r.nodeID, Gen: e.gen, At: e.at.UnixMilli(), Event: e.ev})
 			if err != nil {
 				continue
 			}
@@ -240,6 +244,10 @@ type pollState struct {
 	done    map[uint64]bool      // numbers above next already handled
 	missing map[uint64]time.Time // numbers found missing, since when
 	created time.Time
+	// since, when set, is when this instance began to follow the room
+	// without Warm having read the log position (memcached was down):
+	// the latest entries are read, and those published before it skipped.
+	since time.Time
 }
 
 func newPollState(now time.Time) *pollState {
@@ -324,7 +332,8 @@ func (r *memcachedRegistry) pollOnce() {
 			}
 			p.state.done[n] = true
 			delete(p.state.missing, n)
-			if e, ok := decodeLogEntry(it.Value); ok && e.Node != r.nodeID {
+			e, ok := decodeLogEntry(it.Value)
+			if ok && e.Node != r.nodeID && (p.state.since.IsZero() || e.At >= p.state.since.UnixMilli()) {
 				p.entries = append(p.entries, e)
 			}
 		}
@@ -342,7 +351,9 @@ func (r *memcachedRegistry) roomsToPoll(now time.Time) []*polledRoom {
 	defer r.mu.Unlock()
 	for room := range r.local {
 		if r.polls[room] == nil {
-			r.polls[room] = newPollState(now) // Warm could not run: start from now
+			st := newPollState(now) // Warm could not run: start from now
+			st.since = now
+			r.polls[room] = st
 		}
 	}
 	out := make([]*polledRoom, 0, len(r.polls))
@@ -384,8 +395,12 @@ func (r *memcachedRegistry) deliverEntries(room string, st *pollState, entries [
 func (st *pollState) wanted(cur uint64) []uint64 {
 	switch {
 	case st.next == 0:
-		st.next = cur + 1 // first look: only what comes next is news
-		return nil
+		// First look without Warm: the latest entries, of which those
+		// published since this instance began to follow are news.
+		st.next = 1
+		if cur >= warmWindow {
+			st.next = cur - warmWindow + 1
+		}
 	case cur+1 < st.next:
 		// The counter went back: it was lost and re-seeded by a clock
 		// behind ours. Follow it from here.

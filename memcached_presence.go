@@ -41,7 +41,8 @@ type remoteNode struct {
 	rooms   map[string]*remoteRoom
 	snapGen uint64 // generation of the last snapshot applied
 	idHigh  uint64
-	misses  int // heartbeats in a row without its snapshot
+	misses  int       // heartbeats in a row without its snapshot
+	missing time.Time // since the first of them
 	dead    bool
 	seen    time.Time
 }
@@ -51,6 +52,11 @@ type remoteRoom struct {
 	gen     uint64
 	members map[string]Member
 }
+
+// downProbe is how often an unreachable memcached is tried again: a refused
+// connection costs nothing, and it bounds how long the cluster stays split
+// after memcached returns.
+const downProbe = 250 * time.Millisecond
 
 // deadNodeMemory is how long a dead instance's generation is remembered,
 // so that its late events are not taken for news.
@@ -62,7 +68,7 @@ func (r *memcachedRegistry) indexTTL() time.Duration { return max(3*r.nodeTTL, t
 
 // heartbeatLoop writes this instance's snapshot, keeps it in the index and
 // reads the others'. While memcached is unreachable it only probes, every
-// heartbeat or second, whichever is shorter.
+// downProbe.
 func (r *memcachedRegistry) heartbeatLoop() {
 	defer r.wg.Done()
 	t := time.NewTimer(r.heartbeat) // Start made the first beat
@@ -77,7 +83,7 @@ func (r *memcachedRegistry) heartbeatLoop() {
 		r.beat()
 		period := r.heartbeat
 		if !r.client.isUp() {
-			period = min(period, time.Second)
+			period = min(period, downProbe)
 		}
 		if !t.Stop() {
 			select {
@@ -224,9 +230,9 @@ func (r *memcachedRegistry) unknownNodeKeys(index []byte) []string {
 
 // applySnapshots brings the view up to date with the snapshots in items.
 // With detectDead, the known instances missing from items count a miss,
-// and those missing twice in a row are dead: their members leave. Twice,
-// because after a memcached restart every snapshot is missing until its
-// instance's next heartbeat. It returns the instances whose snapshot it read.
+// and those missing twice in a row, a heartbeat apart, are dead: their
+// members leave. Not at once, because after a memcached restart every
+// snapshot is missing until its instance's next heartbeat. It returns the instances whose snapshot it read.
 func (r *memcachedRegistry) applySnapshots(items map[string]*memcache.Item, detectDead bool) map[string]bool {
 	prefix := r.keys.node("")
 	now := time.Now()
@@ -281,8 +287,14 @@ func (r *memcachedRegistry) applySnapshots(items map[string]*memcache.Item, dete
 				}
 				continue
 			}
+			if n.misses == 0 {
+				n.missing = now
+			}
 			n.misses++
-			if n.misses >= 2 {
+			// Twice, and a heartbeat apart: right after memcached
+			// returns, beats come in quick succession, before the
+			// others had their chance to write again.
+			if n.misses >= 2 && now.Sub(n.missing) >= r.heartbeat+downProbe {
 				n.dead = true
 				rooms := make([]string, 0, len(n.rooms))
 				for room := range n.rooms {
