@@ -2,6 +2,7 @@ package chatroom
 
 import (
 	"context"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -426,4 +427,47 @@ func (m *memcachedProc) get(key string) string {
 		return ""
 	}
 	return lines[1]
+}
+
+func TestMemcachedCloseStopsGoroutines(t *testing.T) {
+	skipShort(t)
+	mc := startMemcached(t)
+	// A registry that is made and closed without a connection (what
+	// `caddy validate` does) leaves no trace in memcached.
+	reg, err := newMemcachedRegistry(memcachedConfig{Servers: []string{mc.Addr}, Prefix: "gr:", TTL: 3 * time.Second}, newMetrics(), zaptest.NewLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := reg.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if keys := mc.keys(); len(keys) != 0 {
+		t.Fatalf("a registry that never started wrote %q", keys)
+	}
+
+	before := runtime.NumGoroutine()
+	for i := 0; i < 3; i++ {
+		reg, err := newMemcachedRegistry(memcachedConfig{Servers: []string{mc.Addr}, Prefix: "gr:", TTL: 3 * time.Second}, newMetrics(), zaptest.NewLogger(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := reg.Start(newRecordingHost()); err != nil {
+			t.Fatal(err)
+		}
+		id := reg.NewID(context.Background())
+		reg.Warm(context.Background(), "r")
+		reg.Publish("r", &Event{Kind: KindJoin, ID: id})
+		reg.Publish("r", &Event{Kind: KindChat, ID: id, Msg: "hi", Time: "1"})
+		if err := reg.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	awaitCondition(t, "goroutines back to their number before the registries", func() bool {
+		return runtime.NumGoroutine() <= before
+	})
+	for _, k := range mc.keys() {
+		if strings.HasPrefix(k, "gr:node:") {
+			t.Errorf("closed registry left its snapshot %s", k)
+		}
+	}
 }
