@@ -1,12 +1,13 @@
 package chatroom
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
-	"unicode/utf8"
 
 	"github.com/gorilla/websocket"
 	"go.uber.org/zap"
@@ -48,11 +49,14 @@ const (
 
 // conn is one chat member: a WebSocket connection in a room.
 //
-// It has one goroutine while idle, the reader, which runs in the handler's
-// ServeHTTP. A writer goroutine exists only while frames are queued, and the
-// pings come from a timer, so an idle member costs one goroutine stack.
+// It has no goroutine while idle: the handler's ServeHTTP returns once the
+// upgrade is done (so that the HTTP server's request state is freed), a
+// reader runs only while the client sends (see reader.go), a writer only
+// while frames are queued, and the pings come from a timer. An idle member
+// costs this struct, gorilla's, and a small read buffer.
 type conn struct {
 	ws       *websocket.Conn
+	out      *batchConn // ws's net.Conn when the handler made it; else nil
 	hub      *hub
 	opts     connOptions
 	limiter  *rate.Limiter
@@ -72,6 +76,23 @@ type conn struct {
 	closing   bool // no more frames are queued
 	pingTimer *time.Timer
 	closedBy  string // the drop reason when the server closed it, for the log
+	parked    bool   // no reader runs; the poller starts one on input
+	tornDown  bool   // left the room; nothing more to do
+
+	// The read side (reader.go). br is gorilla's read buffer when the
+	// handler made it (else nil: no parking); poller, pollID and pollAdded
+	// are set by the reader, noPark when parking failed once.
+	br        *bufio.Reader
+	poller    *poller
+	pollID    int32
+	pollAdded bool
+	noPark    bool
+	lastHeard atomic.Int64 // Unix ns of the last frame or pong from the client
+
+	// writeLoopFn is c.writeLoop, bound once: `go c.writeLoop()` would
+	// allocate a closure every time a writer starts.
+	writeLoopFn func()
+	readBurstFn func()
 }
 
 func newConn(ws *websocket.Conn, h *hub, roomName string, member Member, opts connOptions, logger *zap.Logger) *conn {
@@ -84,58 +105,69 @@ func newConn(ws *websocket.Conn, h *hub, roomName string, member Member, opts co
 		index:    -1,
 		logger:   logger,
 	}
+	c.out, _ = ws.NetConn().(*batchConn)
+	c.writeLoopFn = c.writeLoop
+	c.readBurstFn = c.readBurst
+	if c.out != nil {
+		c.br = readerOf(ws, c.out.br)
+	}
 	c.limiter = rate.NewLimiter(opts.rateLimit, opts.rateBurst)
 	return c
 }
 
-// serve runs the connection until it ends: join, read loop, leave.
+// serve runs the connection until it ends: join, read loop, leave. ctx
+// bounds the registry calls made while joining and is not kept after.
 func (c *conn) serve(ctx context.Context) {
-	if err := c.hub.join(ctx, c); err != nil {
+	ctx, cancel := context.WithTimeout(ctx, joinTimeout)
+	err := c.hub.join(ctx, c)
+	cancel()
+	if err != nil {
 		c.closeWith(websocket.CloseGoingAway, err.Error(), dropShutdown)
+		c.teardown()
 		return
 	}
-	c.logger = c.logger.With(zap.String("id", c.member.ID), zap.String("room", c.roomName))
 	c.logger.Debug("connection opened")
-	defer func() {
-		c.stopPinging()
-		c.hub.leave(c)
-		_ = c.ws.Close()
-		c.mu.Lock()
-		reason := c.closedBy
-		c.mu.Unlock()
-		if reason == "" {
-			reason = "client"
-		}
-		c.logger.Debug("connection closed", zap.String("reason", reason))
-	}()
+	c.heard()
+	c.ws.SetPongHandler(func(string) error {
+		c.heard()
+		return c.ws.SetReadDeadline(time.Now().Add(2 * c.opts.pingInterval))
+	})
 	c.startPinging()
-	c.readLoop()
+	if c.br != nil {
+		c.poller = c.hub.readPoller()
+		if c.poller != nil {
+			c.poller.add(c)
+		}
+	}
+	c.readBurst()
 }
 
-// readLoop reads frames until the connection fails or breaks a rule.
-func (c *conn) readLoop() {
-	idle := 2 * c.opts.pingInterval
-	_ = c.ws.SetReadDeadline(time.Now().Add(idle))
-	c.ws.SetPongHandler(func(string) error {
-		return c.ws.SetReadDeadline(time.Now().Add(idle))
-	})
-	for {
-		kind, data, err := c.ws.ReadMessage()
-		if err != nil {
-			c.noteReadError(err)
-			return
-		}
-		_ = c.ws.SetReadDeadline(time.Now().Add(idle))
-		if kind != websocket.TextMessage {
-			c.closeWith(websocket.CloseUnsupportedData, "binary frames are not supported", dropBinary)
-			return
-		}
-		if !utf8.Valid(data) {
-			c.closeWith(websocket.CloseInvalidFramePayloadData, "text frame is not valid UTF-8", dropBadUTF8)
-			return
-		}
-		c.handleFrame(data)
+// teardown ends the connection once it is over: the member leaves the
+// room and the socket is closed. It runs once, on the reader, or on the
+// goroutine that closed a parked connection.
+func (c *conn) teardown() {
+	c.mu.Lock()
+	if c.tornDown {
+		c.mu.Unlock()
+		return
 	}
+	c.tornDown = true
+	c.parked = false
+	c.mu.Unlock()
+	c.stopPinging()
+	if c.poller != nil {
+		c.poller.remove(c)
+	}
+	c.hub.leave(c)
+	_ = c.ws.Close()
+	c.hub.release()
+	c.mu.Lock()
+	reason := c.closedBy
+	c.mu.Unlock()
+	if reason == "" {
+		reason = "client"
+	}
+	c.logger.Debug("connection closed", zap.String("reason", reason))
 }
 
 // noteReadError counts the ways a read ends that are the server's doing.
@@ -227,7 +259,7 @@ func (c *conn) send(pm *websocket.PreparedMessage) {
 func (c *conn) wakeWriter() {
 	if !c.writing {
 		c.writing = true
-		go c.writeLoop()
+		go c.writeLoopFn()
 	}
 }
 
@@ -261,18 +293,35 @@ func (c *conn) writeLoop() {
 	}
 }
 
+// writeBatch writes a batch of frames, and a ping if one is due, in as few
+// system calls as the batch's size allows (see batchConn).
 func (c *conn) writeBatch(batch []*websocket.PreparedMessage, ping bool) error {
-	if err := c.ws.SetWriteDeadline(time.Now().Add(writeWait)); err != nil {
+	deadline := time.Now().Add(writeWait)
+	if c.out != nil {
+		c.out.begin(deadline)
+	} else if err := c.ws.SetWriteDeadline(deadline); err != nil {
 		return err
 	}
+	err := c.writeFrames(batch, ping, deadline)
+	if c.out != nil {
+		if ferr := c.out.flush(); err == nil {
+			err = ferr
+		}
+	}
+	if err == nil {
+		c.hub.metrics.delivered.Add(float64(len(batch)))
+	}
+	return err
+}
+
+func (c *conn) writeFrames(batch []*websocket.PreparedMessage, ping bool, deadline time.Time) error {
 	for _, pm := range batch {
 		if err := c.ws.WritePreparedMessage(pm); err != nil {
 			return err
 		}
 	}
-	c.hub.metrics.delivered.Add(float64(len(batch)))
 	if ping {
-		return c.ws.WriteMessage(websocket.PingMessage, nil)
+		return c.ws.WriteControl(websocket.PingMessage, nil, deadline)
 	}
 	return nil
 }
@@ -287,6 +336,11 @@ func (c *conn) startPinging() {
 }
 
 func (c *conn) pingTick() {
+	// A parked connection has no read deadline: silence is checked here.
+	if c.silentFor() > 2*c.opts.pingInterval {
+		c.closeWith(websocket.CloseGoingAway, "no pong or frame for two ping intervals", dropIdle)
+		return
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closing {
@@ -328,4 +382,12 @@ func (c *conn) finishClose(code int, text, reason string) {
 	c.mu.Unlock()
 	_ = c.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, text), time.Now().Add(closeWait))
 	_ = c.ws.Close()
+	// A parked connection has no reader to notice the close.
+	c.mu.Lock()
+	parked := c.parked
+	c.parked = false
+	c.mu.Unlock()
+	if parked {
+		c.teardown()
+	}
 }

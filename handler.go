@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -42,7 +43,6 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		refuse(w, http.StatusServiceUnavailable, "too many chat connections; try again later")
 		return nil
 	}
-	defer h.hub.release()
 
 	var member Member
 	opts := h.opts
@@ -51,20 +51,43 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		opts.nickLocked = member.Nick != ""
 	}
 
-	ws, err := h.upgrader.Upgrade(hijacker{w}, r, nil)
+	ws, err := h.upgrader.Upgrade(hijacker{w, &h.hub.writeBufs}, r, nil)
 	if err != nil {
 		// The upgrader has answered the client already.
+		h.hub.release()
 		h.logger.Debug("websocket upgrade failed", zap.Error(err))
 		return nil
 	}
 	ws.SetReadLimit(h.MaxMessageSize)
 	c := newConn(ws, h.hub, roomName, member, opts, h.logger)
-	// The request's context ends when ServeHTTP returns; the connection
-	// needs only a bound on the registry calls made while it joins.
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), joinTimeout)
-	defer cancel()
-	c.serve(ctx)
+	// The connection runs on a goroutine of its own and ServeHTTP returns,
+	// so that the HTTP server frees what it holds per request (its buffers,
+	// the request, a deep stack): an idle member costs a few KiB instead of
+	// tens. Nothing of the request may stay reachable from the connection,
+	// its context included (Caddy's replacer holds the ResponseWriter): the
+	// join gets a fresh context, bounded in serve.
+	go h.serveConn(context.Background(), c)
 	return nil
+}
+
+// serveConn runs an upgraded connection: it joins the room, reads what
+// the client has sent, and parks the connection (see reader.go); the
+// connection's teardown gives its max_connections slot back.
+func (h *Handler) serveConn(ctx context.Context, c *conn) {
+	c.serve(ctx)
+}
+
+// newUpgrader returns the WebSocket upgrader of a handler: small read
+// buffers and write buffers shared through a pool, so that an idle
+// connection holds as little memory as it can.
+func newUpgrader() websocket.Upgrader {
+	return websocket.Upgrader{
+		// 0: use the hijacker's reader (readBufferSize) rather than make one.
+		ReadBufferSize:  0,
+		WriteBufferPool: new(sync.Pool),
+		// The handler checks origins itself, before the upgrade.
+		CheckOrigin: func(*http.Request) bool { return true },
+	}
 }
 
 // refuse answers a request that cannot become a chat connection with a
@@ -101,10 +124,32 @@ func sameOrigin(origin, host string) bool {
 }
 
 // hijacker gives gorilla the http.Hijacker it asserts: since Caddy v2.11.5
-// the ResponseWriter a handler gets only unwraps to one.
-type hijacker struct{ http.ResponseWriter }
+// the ResponseWriter a handler gets only unwraps to one. It also hands
+// gorilla a batchConn, so that a connection's writer can send several
+// queued frames in one system call.
+type hijacker struct {
+	http.ResponseWriter
+	bufs *bufPool
+}
 
 // Hijack implements http.Hijacker.
 func (w hijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
-	return http.NewResponseController(w.ResponseWriter).Hijack()
+	nc, brw, err := http.NewResponseController(w.ResponseWriter).Hijack()
+	if err != nil {
+		return nil, nil, err
+	}
+	bc := newBatchConn(nc, w.bufs)
+	if brw.Reader.Buffered() == 0 {
+		// gorilla reads through this reader (it reuses a hijacked reader
+		// of more than 256 bytes when ReadBufferSize is 0), so that the
+		// connection can see what gorilla has buffered before it parks.
+		bc.br = bufio.NewReaderSize(bc, readBufferSize)
+		brw = bufio.NewReadWriter(bc.br, brw.Writer)
+	}
+	return bc, brw, nil
 }
+
+// readBufferSize is a connection's read buffer: room for a chat message or
+// two; larger frames are read through it in pieces. gorilla reuses the
+// hijacked reader only when it holds more than 256 bytes.
+const readBufferSize = 512

@@ -27,6 +27,11 @@ type hub struct {
 
 	open atomic.Int64 // connections, for max_connections
 
+	writeBufs bufPool // batch buffers shared by the connections' writers
+
+	pollOnce sync.Once
+	poll     *poller // parked connections' reads; nil where unavailable
+
 	mu     sync.Mutex
 	rooms  map[string]*room
 	closed bool
@@ -81,6 +86,9 @@ func (h *hub) join(ctx context.Context, c *conn) error {
 		return err
 	}
 	c.member.ID = h.reg.NewID(ctx)
+	// Set before c is in a room, where other goroutines may log through it.
+	// WithLazy: an encoder per connection only once it logs something.
+	c.logger = c.logger.WithLazy(zap.String("id", c.member.ID), zap.String("room", c.roomName))
 	h.reg.Warm(ctx, c.roomName)
 	for {
 		r, err := h.room(c.roomName)
@@ -296,9 +304,25 @@ func (r *room) broadcast(frame []byte, except *conn) {
 	}
 }
 
+// readPoller returns the poller that parked connections wait on, starting
+// it on first use; nil when the system has none (connections then keep a
+// reader goroutine).
+func (h *hub) readPoller() *poller {
+	h.pollOnce.Do(func() {
+		p, err := newPoller()
+		if err != nil {
+			h.logger.Debug("no poller for idle connections", zap.Error(err))
+			return
+		}
+		h.poll = p
+	})
+	return h.poll
+}
+
 // shutdown closes every connection with 1001 Going Away, waiting at most
 // for timeout, and refuses new ones.
 func (h *hub) shutdown(timeout time.Duration) {
+	defer h.stopPoller()
 	h.mu.Lock()
 	h.closed = true
 	var conns []*conn
@@ -323,5 +347,14 @@ func (h *hub) shutdown(timeout time.Duration) {
 	case <-done:
 	case <-time.After(timeout):
 		h.logger.Warn("connections did not close in time", zap.Int("connections", len(conns)), zap.Duration("timeout", timeout))
+	}
+}
+
+// stopPoller stops the poller once the connections are closed: a parked
+// connection is torn down by whoever closes it, not by the poller.
+func (h *hub) stopPoller() {
+	h.pollOnce.Do(func() {}) // no poller may start after this
+	if h.poll != nil {
+		h.poll.stop()
 	}
 }

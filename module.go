@@ -3,11 +3,9 @@ package chatroom
 import (
 	"fmt"
 	"net"
-	"net/http"
 	"net/url"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -151,12 +149,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		}
 		h.origins[strings.ToLower(o)] = true
 	}
-	h.upgrader = websocket.Upgrader{
-		ReadBufferSize:  1024,
-		WriteBufferPool: new(sync.Pool),
-		// The handler checks origins itself, before the upgrade.
-		CheckOrigin: func(*http.Request) bool { return true },
-	}
+	h.upgrader = newUpgrader()
 	h.opts = connOptions{
 		history:      h.History,
 		sendQueue:    h.SendQueue + h.History + 2, // a joiner's burst (welcome, online list, history) is not slowness

@@ -1,0 +1,158 @@
+package chatroom
+
+import (
+	"bufio"
+	"errors"
+	"net"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// maxBatchBytes bounds what one batch gathers before it is written out, so
+// that a connection with a long queue borrows a bounded buffer.
+const maxBatchBytes = 64 << 10
+
+// batchConn is the net.Conn a chat connection's WebSocket runs on. Outside
+// a batch, writes go straight to the socket. Between begin and flush they
+// are gathered in a buffer borrowed from a pool shared by every connection
+// and go out in one system call: a writer with several frames queued sends
+// them together, and an idle connection holds no write buffer at all.
+//
+// Control frames that gorilla writes from other goroutines (pongs, close)
+// while a batch is open join the batch, in the order written. Every Write
+// call carries whole frames, so the stream stays well formed.
+type batchConn struct {
+	net.Conn
+	pool *bufPool
+	raw  syscall.RawConn // nil when Conn is not a socket
+	br   *bufio.Reader   // the reader gorilla reads through; see hijacker
+
+	mu       sync.Mutex
+	buf      *[]byte   // non-nil between begin and flush
+	deadline time.Time // of the open batch
+	closed   bool
+}
+
+func newBatchConn(c net.Conn, pool *bufPool) *batchConn {
+	b := &batchConn{Conn: c, pool: pool}
+	if sc, ok := c.(syscall.Conn); ok {
+		b.raw, _ = sc.SyscallConn()
+	}
+	return b
+}
+
+// rawConn gives the socket, for the poller.
+func (b *batchConn) rawConn() (syscall.RawConn, error) {
+	if b.raw == nil {
+		return nil, errors.New("connection is not a socket")
+	}
+	return b.raw, nil
+}
+
+// begin opens a batch whose writes must be done by deadline.
+func (b *batchConn) begin(deadline time.Time) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.buf == nil {
+		b.buf = b.pool.get()
+	}
+	b.deadline = deadline
+}
+
+// flush writes out the batch and closes it.
+func (b *batchConn) flush() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.buf == nil {
+		return nil
+	}
+	err := b.flushLocked()
+	b.pool.put(b.buf)
+	b.buf = nil
+	return err
+}
+
+func (b *batchConn) flushLocked() error {
+	if len(*b.buf) == 0 {
+		return nil
+	}
+	if b.closed {
+		return net.ErrClosed
+	}
+	err := b.Conn.SetWriteDeadline(b.deadline)
+	if err == nil {
+		_, err = b.Conn.Write(*b.buf)
+	}
+	*b.buf = (*b.buf)[:0]
+	return err
+}
+
+// Write implements net.Conn.
+func (b *batchConn) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return 0, net.ErrClosed
+	}
+	if b.buf == nil {
+		return b.Conn.Write(p)
+	}
+	if len(*b.buf)+len(p) > maxBatchBytes {
+		if err := b.flushLocked(); err != nil {
+			return 0, err
+		}
+		if len(p) > maxBatchBytes {
+			return b.Conn.Write(p)
+		}
+	}
+	*b.buf = append(*b.buf, p...)
+	return len(p), nil
+}
+
+// SetWriteDeadline implements net.Conn. Within a batch the batch's deadline
+// governs: gorilla sets one before every frame, which would cost a timer
+// update per frame for a write that has not happened yet.
+func (b *batchConn) SetWriteDeadline(t time.Time) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.buf != nil {
+		return nil
+	}
+	return b.Conn.SetWriteDeadline(t)
+}
+
+// Close implements net.Conn. What an open batch holds (typically a close
+// frame written while the writer was busy) goes out first, within
+// closeWait.
+func (b *batchConn) Close() error {
+	b.mu.Lock()
+	if !b.closed && b.buf != nil {
+		if limit := time.Now().Add(closeWait); limit.Before(b.deadline) {
+			b.deadline = limit
+		}
+		_ = b.flushLocked()
+	}
+	b.closed = true
+	b.mu.Unlock()
+	return b.Conn.Close()
+}
+
+// bufPool shares batch buffers between connections.
+type bufPool struct{ pool sync.Pool }
+
+func (p *bufPool) get() *[]byte {
+	if v, ok := p.pool.Get().(*[]byte); ok {
+		return v
+	}
+	b := make([]byte, 0, 4<<10)
+	return &b
+}
+
+func (p *bufPool) put(b *[]byte) {
+	if cap(*b) > 2*maxBatchBytes {
+		return
+	}
+	*b = (*b)[:0]
+	p.pool.Put(b)
+}
