@@ -74,6 +74,7 @@ type memcachedRegistry struct {
 	outboxFull   bool                         // logged once per overflow
 	writing      bool                         // the publisher holds a batch taken from the outbox
 	polls        map[string]*pollState        // rooms whose log this instance follows
+	ownEntries   map[string][]uint64          // log entries written since the last poll, by room
 	nodes        map[string]*remoteNode       // what this instance knows of the others
 	lastActivity time.Time                    // of any event, local or remote: the poll speeds up
 }
@@ -104,6 +105,7 @@ func newMemcachedRegistry(cfg memcachedConfig, m *metrics, logger *zap.Logger) (
 		wakeHeartbeat: make(chan struct{}, 1),
 		local:         make(map[string]map[string]Member),
 		polls:         make(map[string]*pollState),
+		ownEntries:    make(map[string][]uint64),
 		nodes:         make(map[string]*remoteNode),
 	}
 	r.ids = &idAllocator{client: client, keys: r.keys, floor: r.highestKnownID}

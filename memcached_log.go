@@ -190,6 +190,9 @@ func (r *memcachedRegistry) publishBatch(batch []outboxEntry, touched map[string
 				byRoom[room] = events[j:]
 				return remaining(order[i:], byRoom)
 			}
+			if err == nil {
+				r.noteOwnEntry(room, first+uint64(j))
+			}
 		}
 	}
 	return nil
@@ -236,6 +239,20 @@ func (r *memcachedRegistry) reserveSeq(room string, n uint64, ttl time.Duration,
 		}
 	}
 	return last, nil
+}
+
+// maxOwnEntries bounds the numbers of its own entries an instance
+// remembers for one room between two polls.
+const maxOwnEntries = 4096
+
+// noteOwnEntry records that this instance wrote entry n of room, so that
+// the poll does not fetch it back.
+func (r *memcachedRegistry) noteOwnEntry(room string, n uint64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.polls[room] != nil && len(r.ownEntries[room]) < maxOwnEntries {
+		r.ownEntries[room] = append(r.ownEntries[room], n)
+	}
 }
 
 // pollState is how far this instance has read a room's log.
@@ -362,8 +379,14 @@ func (r *memcachedRegistry) roomsToPoll(now time.Time) []*polledRoom {
 			delete(r.polls, room)
 			continue
 		}
+		for _, n := range r.ownEntries[room] {
+			if st.next != 0 && n >= st.next {
+				st.done[n] = true
+			}
+		}
 		out = append(out, &polledRoom{name: room, state: st})
 	}
+	clear(r.ownEntries)
 	return out
 }
 
