@@ -32,7 +32,7 @@ func newMetrics() *metrics {
 		received: prometheus.NewCounter(prometheus.CounterOpts(opts("messages_received_total",
 			"Chat messages received from clients and accepted for relay."))),
 		rateLimited: prometheus.NewCounter(prometheus.CounterOpts(opts("messages_rate_limited_total",
-			"Chat messages dropped because their sender exceeded rate_limit."))),
+			"Chat messages and renames dropped because their sender exceeded rate_limit."))),
 		delivered: prometheus.NewCounter(prometheus.CounterOpts(opts("frames_delivered_total",
 			"Frames written to clients."))),
 		dropped: prometheus.NewCounterVec(prometheus.CounterOpts(opts("clients_dropped_total",
