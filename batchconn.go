@@ -32,7 +32,15 @@ type batchConn struct {
 	buf      *[]byte   // non-nil between begin and flush
 	deadline time.Time // of the open batch
 	closed   bool
+	// socketDeadline is the write deadline the socket has. A flush moves
+	// it only when it falls short of the batch's by more than deadlineSlack,
+	// so that a busy connection does not update a runtime timer per batch.
+	socketDeadline time.Time
 }
+
+// deadlineSlack is how much earlier than asked a batch's write may time
+// out: writeWait minus this still bounds a client that stopped reading.
+const deadlineSlack = writeWait / 2
 
 func newBatchConn(c net.Conn, pool *bufPool) *batchConn {
 	b := &batchConn{Conn: c, pool: pool}
@@ -80,7 +88,10 @@ func (b *batchConn) flushLocked() error {
 	if b.closed {
 		return net.ErrClosed
 	}
-	err := b.Conn.SetWriteDeadline(b.deadline)
+	var err error
+	if b.socketDeadline.IsZero() || b.deadline.Sub(b.socketDeadline) > deadlineSlack || b.deadline.Before(b.socketDeadline) {
+		err = b.setDeadlineLocked(b.deadline)
+	}
 	if err == nil {
 		_, err = b.Conn.Write(*b.buf)
 	}
@@ -119,6 +130,11 @@ func (b *batchConn) SetWriteDeadline(t time.Time) error {
 	if b.buf != nil {
 		return nil
 	}
+	return b.setDeadlineLocked(t)
+}
+
+func (b *batchConn) setDeadlineLocked(t time.Time) error {
+	b.socketDeadline = t
 	return b.Conn.SetWriteDeadline(t)
 }
 

@@ -34,6 +34,7 @@ OUT=${1:-$(mktemp -d /tmp/chatroom-compare-XXXXXX)}
 mkdir -p "$OUT"
 RESULTS=$OUT/results.jsonl
 : >"$RESULTS"
+: >"$OUT/runs.txt"
 
 echo "# output in $OUT"
 echo "# machine: $(nproc) cores, $(uname -sr), $(go version | cut -d' ' -f3-)"
@@ -92,11 +93,13 @@ run() {
 	local scenario=$1 label=$2
 	shift 2
 	start_server "$label"
+	local before
+	before=$(wc -l <"$OUT/runs.txt" 2>/dev/null || echo 0)
 	if ! timeout 300 "$OUT/chatbench" "$@" -proto "$label" -label "$label" -scenario "$scenario" \
 		-url "$URL" -pid "$SERVER_PID" -json "$RESULTS" >>"$OUT/runs.txt" 2>&1; then
 		echo "$scenario $label: run failed (see $OUT/runs.txt)" | tee -a "$OUT/runs.txt"
 	fi
-	tail -n 6 "$OUT/runs.txt" | grep -A5 "^$scenario $label" || true
+	tail -n +"$((before + 1))" "$OUT/runs.txt"
 	stop_server
 }
 
