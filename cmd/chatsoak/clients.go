@@ -185,6 +185,7 @@ type churnStats struct {
 	connections atomic.Int64
 	messages    atomic.Int64
 	failures    atomic.Int64
+	start       time.Time // of the soak, to date the failures
 	mu          sync.Mutex
 	firstErrors []string
 }
@@ -194,7 +195,7 @@ func (c *churnStats) fail(err error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if len(c.firstErrors) < 5 {
-		c.firstErrors = append(c.firstErrors, err.Error())
+		c.firstErrors = append(c.firstErrors, fmt.Sprintf("at %.1fs: %v", time.Since(c.start).Seconds(), err))
 	}
 }
 

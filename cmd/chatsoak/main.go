@@ -9,6 +9,7 @@
 //
 //	go run ./cmd/chatsoak -duration 2m
 //	go run ./cmd/chatsoak -duration 5m -stayers 20 -churners 80 -caddy ./caddy
+//	go run ./cmd/chatsoak -duration 2m -race
 //
 // Without -caddy it builds ./cmd/caddy first. It exits 1 when a check
 // fails, and prints its figures either way.
@@ -34,6 +35,7 @@ type settings struct {
 	churners  int
 	interval  time.Duration
 	caddyBin  string
+	race      bool
 	slackGR   int
 	heapSlack float64
 }
@@ -45,6 +47,7 @@ func main() {
 	flag.IntVar(&s.churners, "churners", 40, "clients that connect, chat and leave at random, concurrently")
 	flag.DurationVar(&s.interval, "interval", 200*time.Millisecond, "time between two messages of a stayer")
 	flag.StringVar(&s.caddyBin, "caddy", "", "Caddy binary with the chatroom module (default: build ./cmd/caddy)")
+	flag.BoolVar(&s.race, "race", false, "build ./cmd/caddy with the race detector and fail on a reported race")
 	flag.IntVar(&s.slackGR, "goroutine-slack", 5, "goroutines above the baseline still counted as back to baseline")
 	flag.Float64Var(&s.heapSlack, "heap-slack", 1.5, "final heap in use may be this many times the baseline's (plus 8 MiB)")
 	flag.Parse()
@@ -87,8 +90,12 @@ func run(s settings) error {
 	defer os.RemoveAll(dir)
 	if s.caddyBin == "" {
 		s.caddyBin = filepath.Join(dir, "caddy")
+		args := []string{"build", "-o", s.caddyBin}
+		if s.race {
+			args = append(args, "-race")
+		}
 		fmt.Println("building ./cmd/caddy ...")
-		if out, err := exec.Command("go", "build", "-o", s.caddyBin, "./cmd/caddy").CombinedOutput(); err != nil {
+		if out, err := exec.Command("go", append(args, "./cmd/caddy")...).CombinedOutput(); err != nil {
 			return fmt.Errorf("go build ./cmd/caddy (run from the repository root): %w\n%s", err, out)
 		}
 	}
@@ -142,7 +149,7 @@ func run(s settings) error {
 	// Churners.
 	stopChurn := make(chan struct{})
 	var churners sync.WaitGroup
-	var stats churnStats
+	stats := churnStats{start: time.Now()}
 	for range s.churners {
 		churners.Add(1)
 		go func() {
@@ -242,6 +249,13 @@ func run(s settings) error {
 	if err := cd.stop(); err != nil {
 		errs = append(errs, err)
 	}
+	out := cd.proc.out.String()
+	if strings.Contains(out, "WARNING: DATA RACE") {
+		errs = append(errs, fmt.Errorf("caddy reported a data race:\n%s", out))
+	}
+	if len(errs) > 0 {
+		printTrouble(out)
+	}
 	return errors.Join(errs...)
 }
 
@@ -266,6 +280,21 @@ func settle(cd *caddy, base sample, slack int) (sample, error) {
 			return now, fmt.Errorf("after 60s: %v chat connections open, %v goroutines (baseline %v, slack %d)", now.open, now.goroutines, base.goroutines, slack)
 		}
 		time.Sleep(time.Second) // the background work has no event to await
+	}
+}
+
+// printTrouble prints Caddy's log lines at error level or above, and any
+// panic, to help explain a failed soak.
+func printTrouble(out string) {
+	n := 0
+	for _, line := range strings.Split(out, "\n") {
+		if strings.Contains(line, `"level":"error"`) || strings.Contains(line, `"level":"warn"`) || strings.Contains(line, "panic") {
+			fmt.Println("caddy:", line)
+			if n++; n == 30 {
+				fmt.Println("caddy: ...")
+				return
+			}
+		}
 	}
 }
 
