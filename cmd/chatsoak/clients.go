@@ -188,15 +188,33 @@ type churnStats struct {
 	start       time.Time // of the soak, to date the failures
 	mu          sync.Mutex
 	firstErrors []string
+	failedAt    []time.Duration
 }
 
 func (c *churnStats) fail(err error) {
 	c.failures.Add(1)
+	at := time.Since(c.start)
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if len(c.firstErrors) < 5 {
-		c.firstErrors = append(c.firstErrors, fmt.Sprintf("at %.1fs: %v", time.Since(c.start).Seconds(), err))
+	if len(c.failedAt) < 100000 {
+		c.failedAt = append(c.failedAt, at)
 	}
+	if len(c.firstErrors) < 5 {
+		c.firstErrors = append(c.firstErrors, fmt.Sprintf("at %.1fs: %v", at.Seconds(), err))
+	}
+}
+
+// failuresOutside counts the failures outside [from, to).
+func (c *churnStats) failuresOutside(from, to time.Duration) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := 0
+	for _, at := range c.failedAt {
+		if at < from || at >= to {
+			n++
+		}
+	}
+	return n
 }
 
 // churn connects to a random room, sends up to 5 messages, stays up to
