@@ -14,7 +14,7 @@
 #   S3 idle:       10,000 connections held 20 s (memory per connection)
 #
 # Everything listens on 127.0.0.1 only. Every step is bounded by `timeout`;
-# the whole script takes about 12 minutes on 2 cores (at most about 25).
+# the whole script takes about 8 minutes on 2 cores (13 with RUNS=5).
 # Not run in CI. Environment: RUNS, S1_SECONDS, S2_SECONDS, S3_CLIENTS,
 # S3_SECONDS, PORT (three ports from PORT are used), PROFILE=1 to save a CPU
 # profile of our server during the first S2 run.
