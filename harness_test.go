@@ -397,17 +397,6 @@ func (c *wsClient) awaitClose() int {
 	}
 }
 
-// quiet checks that no frame arrives for d: a bounded look for something
-// that must not happen.
-func (c *wsClient) quiet(d time.Duration) {
-	c.t.Helper()
-	select {
-	case data := <-c.frames:
-		c.t.Fatalf("%s: unexpected frame %s", c.name, data)
-	case <-time.After(d):
-	}
-}
-
 // restart stops Caddy as `caddy stop` does and starts it again with the
 // given site body on the same ports, as an operator restarting the server
 // would: clients see the server go away and come back at the same address.
