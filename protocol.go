@@ -162,8 +162,8 @@ func mustMarshal(v any) []byte {
 // inbound is a decoded client frame. Fields are kept raw so that a field of
 // the wrong type is told apart from a missing one.
 type inbound struct {
-	Msg  json.RawMessage `json:"msg"`
-	Nick json.RawMessage `json:"nick"`
+	Msg  json.RawMessage
+	Nick json.RawMessage
 }
 
 // errNotObject reports a frame that is valid JSON but not an object.
@@ -180,9 +180,13 @@ func decodeInbound(data []byte) (inbound, error) {
 		}
 		return in, errNotObject
 	}
-	if err := json.Unmarshal(data, &in); err != nil {
+	// A map, not a struct: encoding/json matches struct fields without
+	// regard to case, and the protocol's keys are "msg" and "nick" exactly.
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal(data, &fields); err != nil {
 		return in, fmt.Errorf("invalid JSON: %w", err)
 	}
+	in.Msg, in.Nick = fields["msg"], fields["nick"]
 	return in, nil
 }
 

@@ -26,6 +26,8 @@ func TestDecodeInbound(t *testing.T) {
 		{in: `{}`},
 		{in: `{"nick":"al"}`, hasNick: true},
 		{in: `{"nick":"al","msg":"both"}`, hasNick: true, chat: "both"},
+		{in: `{"MSG":"keys are case-sensitive","Nick":"x"}`},
+		{in: `{"msg":"first","msg":"last"}`, chat: "last"},
 		{in: `not json`, wantErr: true},
 		{in: `{"msg":"unterminated`, wantErr: true},
 		{in: ``, wantErr: true},
