@@ -142,6 +142,11 @@ func (b *batchConn) setDeadlineLocked(t time.Time) error {
 // frame written while the writer was busy) goes out first, within
 // closeWait.
 func (b *batchConn) Close() error {
+	// A flush blocked on a client that does not read holds b.mu until its
+	// deadline, up to writeWait away: pull the socket's deadline in, so that
+	// closing a slow consumer takes at most closeWait, and what is pending
+	// (a close frame) still goes out to a client that reads.
+	_ = b.Conn.SetWriteDeadline(time.Now().Add(closeWait))
 	b.mu.Lock()
 	if !b.closed && b.buf != nil {
 		if limit := time.Now().Add(closeWait); limit.Before(b.deadline) {

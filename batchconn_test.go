@@ -139,3 +139,56 @@ func TestBatchConnCloseSendsPendingFrames(t *testing.T) {
 		t.Fatalf("flush after Close with nothing pending: %v", err)
 	}
 }
+
+// TestBatchConnCloseUnblocksStuckFlush is the regression test of a slow
+// consumer that took up to writeWait to close: Close waited for the mutex
+// that a flush held while blocked on a client that reads nothing.
+func TestBatchConnCloseUnblocksStuckFlush(t *testing.T) {
+	server, _ := tcpPair(t) // the client end never reads
+	var pool bufPool
+	b := newBatchConn(server, &pool)
+	flushed := make(chan error, 1)
+	go func() {
+		chunk := bytes.Repeat([]byte("x"), maxBatchBytes)
+		b.begin(time.Now().Add(time.Hour))
+		for range 1024 { // 64 MiB: far more than the socket buffers hold
+			if _, err := b.Write(chunk); err != nil {
+				flushed <- err
+				return
+			}
+		}
+		flushed <- b.flush()
+	}()
+	// Wait until the writer is stuck: the mutex stays held across several
+	// probes (a Write that does not block holds it for microseconds).
+	// Blocking in write has no event to await, so this polls, bounded.
+	deadline := time.Now().Add(waitLong)
+	for held := 0; held < 5; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the writer never blocked on the non-reading client")
+		}
+		if b.mu.TryLock() {
+			b.mu.Unlock()
+			held = 0
+		} else {
+			held++
+		}
+	}
+	closed := make(chan error, 1)
+	go func() { closed <- b.Close() }()
+	// Close must not wait for the hour-long write deadline: a bound well
+	// above closeWait, far below the flush's deadline.
+	select {
+	case <-closed:
+	case <-time.After(waitLong):
+		t.Fatalf("Close did not return within %v while a flush was stuck", waitLong)
+	}
+	select {
+	case err := <-flushed:
+		if err == nil {
+			t.Fatal("the stuck flush reported success")
+		}
+	case <-time.After(waitLong):
+		t.Fatal("the stuck flush did not end after Close")
+	}
+}
