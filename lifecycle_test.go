@@ -134,16 +134,7 @@ func testShutdown(t *testing.T, stop func(*caddyProc)) {
 	clients := append(one.clients, two.clients...)
 	codes := closeCodes(clients)
 	stop(p)
-	for range clients {
-		select {
-		case code := <-codes:
-			if code != websocket.CloseGoingAway {
-				t.Errorf("a client got close code %d, want 1001", code)
-			}
-		case <-time.After(waitLong):
-			t.Fatalf("a client was not closed within %v of the stop", waitLong)
-		}
-	}
+	expectGoingAway(t, codes, len(clients))
 }
 
 // TestIdleConnectionClosed: a connection that answers no ping and sends
@@ -238,16 +229,7 @@ func testShutdownWithMemcached(t *testing.T, stop func(*caddyProc)) {
 	clients := append(rc.clients, other.clients...)
 	codes := closeCodes(clients)
 	stop(goes)
-	for range clients {
-		select {
-		case code := <-codes:
-			if code != websocket.CloseGoingAway {
-				t.Errorf("a client got close code %d, want 1001", code)
-			}
-		case <-time.After(waitLong):
-			t.Fatalf("a client was not closed within %v of the stop", waitLong)
-		}
-	}
+	expectGoingAway(t, codes, len(clients))
 
 	after := m.keys()
 	have := make(map[string]bool, len(after))
@@ -328,4 +310,19 @@ func nodeIndex(t *testing.T, m *memcachedProc) string {
 		return ""
 	}
 	return lines[1]
+}
+
+// expectGoingAway waits for n close codes and checks each is 1001.
+func expectGoingAway(t *testing.T, codes <-chan int, n int) {
+	t.Helper()
+	for range n {
+		select {
+		case code := <-codes:
+			if code != websocket.CloseGoingAway {
+				t.Errorf("a client got close code %d, want 1001", code)
+			}
+		case <-time.After(waitLong):
+			t.Fatalf("a client was not closed within %v of the stop", waitLong)
+		}
+	}
 }
