@@ -369,9 +369,12 @@ func TestSeedClientSeesSeedFields(t *testing.T) {
 	// shows every server frame by its msg: check every server frame has it.
 	p := startCaddy(t, chatSite(""))
 	a := dial(t, p.url("ws", "/ws"), nil)
-	b := dial(t, p.url("ws", "/ws"), nil)
 	var frames []frame
-	frames = append(frames, a.next(), a.next(), a.next()) // welcome, online, join of b
+	// A connection joins its room just after the upgrade: a must be in
+	// the room (its welcome arrived) before b dials, to see b's join.
+	frames = append(frames, a.next(), a.next()) // welcome, online
+	b := dial(t, p.url("ws", "/ws"), nil)
+	frames = append(frames, a.next()) // join of b
 	a.send(map[string]any{"nick": "x"})
 	b.next()
 	b.next()
