@@ -66,15 +66,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	// tens. Nothing of the request may stay reachable from the connection,
 	// its context included (Caddy's replacer holds the ResponseWriter): the
 	// join gets a fresh context, bounded in serve.
-	go h.serveConn(context.Background(), c)
+	go c.serve(context.Background())
 	return nil
-}
-
-// serveConn runs an upgraded connection: it joins the room, reads what
-// the client has sent, and parks the connection (see reader.go); the
-// connection's teardown gives its max_connections slot back.
-func (h *Handler) serveConn(ctx context.Context, c *conn) {
-	c.serve(ctx)
 }
 
 // newUpgrader returns the WebSocket upgrader of a handler: small read
