@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/caddy-chatroom/chatroom/internal/chat"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -66,7 +67,7 @@ type conn struct {
 	// Guarded by room.mu.
 	room   *room
 	index  int // position in room.members; -1 once left
-	member Member
+	member chat.Member
 
 	mu        sync.Mutex
 	queue     []*websocket.PreparedMessage
@@ -95,7 +96,7 @@ type conn struct {
 	readBurstFn func()
 }
 
-func newConn(ws *websocket.Conn, h *hub, roomName string, member Member, opts connOptions, logger *zap.Logger) *conn {
+func newConn(ws *websocket.Conn, h *hub, roomName string, member chat.Member, opts connOptions, logger *zap.Logger) *conn {
 	c := &conn{
 		ws:       ws,
 		hub:      h,

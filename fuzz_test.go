@@ -8,6 +8,7 @@ package chatroom
 import (
 	"bytes"
 	"encoding/json"
+	"github.com/caddy-chatroom/chatroom/internal/chat"
 	"reflect"
 	"strings"
 	"testing"
@@ -99,7 +100,7 @@ func FuzzDecodeInbound(f *testing.F) {
 			t.Fatalf("hasNick of %q is %v, want %v", data, in.hasNick(), hasNick)
 		}
 		if nickErr == nil {
-			if n := utf8.RuneCountInString(nick); n < 1 || n > maxNickRunes {
+			if n := utf8.RuneCountInString(nick); n < 1 || n > chat.MaxNameRunes {
 				t.Fatalf("nick %q from %q has %d characters", nick, data, n)
 			}
 			if nick != strings.TrimSpace(nick) || strings.IndexFunc(nick, unicode.IsControl) >= 0 {

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"github.com/caddy-chatroom/chatroom/internal/chat"
 	"net"
 	"net/http"
 	"strings"
@@ -44,10 +45,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return nil
 	}
 
-	var member Member
+	var member chat.Member
 	opts := h.opts
 	if h.User != "" {
-		member.Nick = cleanUser(repl.ReplaceAll(h.User, ""))
+		member.Nick = chat.CleanUser(repl.ReplaceAll(h.User, ""))
 		opts.nickLocked = member.Nick != ""
 	}
 

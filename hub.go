@@ -3,6 +3,7 @@ package chatroom
 import (
 	"context"
 	"errors"
+	"github.com/caddy-chatroom/chatroom/internal/chat"
 	"sort"
 	"strconv"
 	"sync"
@@ -107,10 +108,10 @@ func (h *hub) join(ctx context.Context, c *conn) error {
 		c.sendFrame(onlineMessage(h.online(r)))
 		if c.opts.history > 0 {
 			for _, ev := range h.reg.History(r.name, c.opts.history) {
-				c.sendFrame(ev.frame())
+				c.sendFrame(encodeFrame(ev))
 			}
 		}
-		h.publish(r, &Event{Kind: KindJoin, ID: c.member.ID, Nick: c.member.Nick}, c)
+		h.publish(r, &chat.Event{Kind: chat.KindJoin, ID: c.member.ID, Nick: c.member.Nick}, c)
 		r.mu.Unlock()
 		h.metrics.connections.Inc()
 		return nil
@@ -150,7 +151,7 @@ func (h *hub) leave(c *conn) {
 	r.members[last] = nil
 	r.members = r.members[:last]
 	c.index = -1
-	h.publish(r, &Event{Kind: KindLeave, ID: c.member.ID, Nick: c.member.Nick}, nil)
+	h.publish(r, &chat.Event{Kind: chat.KindLeave, ID: c.member.ID, Nick: c.member.Nick}, nil)
 	empty := len(r.members) == 0
 	if empty {
 		r.dead = true
@@ -170,7 +171,7 @@ func (h *hub) leave(c *conn) {
 func (h *hub) chat(c *conn, text string) {
 	r := c.room
 	r.mu.Lock()
-	h.publish(r, newChatEvent(c.member, text, time.Now()), c)
+	h.publish(r, chat.NewChat(c.member, text, time.Now()), c)
 	r.mu.Unlock()
 }
 
@@ -183,19 +184,19 @@ func (h *hub) rename(c *conn, nick string) {
 		return
 	}
 	c.member.Nick = nick
-	h.publish(r, &Event{Kind: KindNick, ID: c.member.ID, Nick: nick}, c)
+	h.publish(r, &chat.Event{Kind: chat.KindNick, ID: c.member.ID, Nick: nick}, c)
 }
 
 // publish fans ev out to the local members of r except the sender and hands
 // it to the registry. The caller holds r.mu.
-func (h *hub) publish(r *room, ev *Event, sender *conn) {
-	r.broadcast(ev.frame(), sender)
+func (h *hub) publish(r *room, ev *chat.Event, sender *conn) {
+	r.broadcast(encodeFrame(ev), sender)
 	h.reg.Publish(r.name, ev)
 }
 
 // Deliver implements Host: an event from another instance goes to every
 // local member of the room.
-func (h *hub) Deliver(name string, ev *Event) {
+func (h *hub) Deliver(name string, ev *chat.Event) {
 	h.mu.Lock()
 	r := h.rooms[name]
 	h.mu.Unlock()
@@ -204,7 +205,7 @@ func (h *hub) Deliver(name string, ev *Event) {
 	}
 	r.mu.Lock()
 	if !r.dead {
-		r.broadcast(ev.frame(), nil)
+		r.broadcast(encodeFrame(ev), nil)
 	}
 	r.mu.Unlock()
 }
@@ -214,7 +215,7 @@ func (h *hub) Deliver(name string, ev *Event) {
 // uses it to record a remote event (history, presence) and deliver it in
 // one step, so that a member joining at that moment finds the event either
 // in what it is shown on joining or live, never both or neither.
-func (h *hub) DeliverWith(name string, update func() []*Event) {
+func (h *hub) DeliverWith(name string, update func() []*chat.Event) {
 	for {
 		h.mu.Lock()
 		r := h.rooms[name]
@@ -230,7 +231,7 @@ func (h *hub) DeliverWith(name string, update func() []*Event) {
 			continue // being removed: a joiner will make a fresh room
 		}
 		for _, ev := range update() {
-			r.broadcast(ev.frame(), nil)
+			r.broadcast(encodeFrame(ev), nil)
 		}
 		r.mu.Unlock()
 		return
@@ -238,14 +239,14 @@ func (h *hub) DeliverWith(name string, update func() []*Event) {
 }
 
 // LocalMembers implements Host.
-func (h *hub) LocalMembers() map[string][]Member {
+func (h *hub) LocalMembers() map[string][]chat.Member {
 	h.mu.Lock()
 	rooms := make([]*room, 0, len(h.rooms))
 	for _, r := range h.rooms {
 		rooms = append(rooms, r)
 	}
 	h.mu.Unlock()
-	out := make(map[string][]Member, len(rooms))
+	out := make(map[string][]chat.Member, len(rooms))
 	for _, r := range rooms {
 		r.mu.Lock()
 		if len(r.members) > 0 {
@@ -258,7 +259,7 @@ func (h *hub) LocalMembers() map[string][]Member {
 
 // online lists every member of r across the cluster, ordered by id. The
 // caller holds r.mu.
-func (h *hub) online(r *room) []Member {
+func (h *hub) online(r *room) []chat.Member {
 	members := append(r.localMembers(), h.reg.RemoteMembers(r.name)...)
 	sort.Slice(members, func(i, j int) bool { return idLess(members[i].ID, members[j].ID) })
 	return members
@@ -278,8 +279,8 @@ func idLess(a, b string) bool {
 }
 
 // localMembers lists r's members on this instance. The caller holds r.mu.
-func (r *room) localMembers() []Member {
-	out := make([]Member, len(r.members))
+func (r *room) localMembers() []chat.Member {
+	out := make([]chat.Member, len(r.members))
 	for i, c := range r.members {
 		out[i] = c.member
 	}

@@ -8,6 +8,7 @@ package chatroom
 //	go run golang.org/x/perf/cmd/benchstat@latest old.txt new.txt
 
 import (
+	"github.com/caddy-chatroom/chatroom/internal/chat"
 	"net"
 	"net/http"
 	"strconv"
@@ -76,7 +77,7 @@ func newBenchRoom(b *testing.B, n int) *benchRoom {
 		case <-time.After(10 * time.Second):
 			b.Fatal("server did not accept a connection")
 		}
-		c := newConn(ws, br.hub, "bench", Member{ID: strconv.Itoa(i + 1)}, opts, zap.NewNop())
+		c := newConn(ws, br.hub, "bench", chat.Member{ID: strconv.Itoa(i + 1)}, opts, zap.NewNop())
 		c.room, c.index = r, i
 		r.members = append(r.members, c)
 		br.members = append(br.members, c)
@@ -139,7 +140,7 @@ func benchBroadcast(b *testing.B, n int) {
 	br := newBenchRoom(b, n)
 	sender := br.members[0]
 	const text = "a 64-byte chat message, much like the ones chatbench sends......"
-	frame := newChatEvent(sender.member, text, time.Now()).frame()
+	frame := encodeFrame(chat.NewChat(sender.member, text, time.Now()))
 	perMessage := wireSize(frame) * int64(n-1)
 	// At most this many messages are in flight, as a window of senders
 	// would keep them: the benchmark measures fan-out, not queueing.

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"github.com/caddy-chatroom/chatroom/internal/chat"
 	"sync"
 	"time"
 
@@ -68,15 +69,15 @@ type memcachedRegistry struct {
 	mu           sync.Mutex
 	started      bool
 	closed       bool
-	gen          uint64                       // counts this instance's presence changes
-	local        map[string]map[string]Member // this instance's members by room and id
-	outbox       []outboxEntry                // events waiting to be written to the room logs
-	outboxFull   bool                         // logged once per overflow
-	writing      bool                         // the publisher holds a batch taken from the outbox
-	polls        map[string]*pollState        // rooms whose log this instance follows
-	ownEntries   map[string][]uint64          // log entries written since the last poll, by room
-	nodes        map[string]*remoteNode       // what this instance knows of the others
-	lastActivity time.Time                    // of any event, local or remote: the poll speeds up
+	gen          uint64                            // counts this instance's presence changes
+	local        map[string]map[string]chat.Member // this instance's members by room and id
+	outbox       []outboxEntry                     // events waiting to be written to the room logs
+	outboxFull   bool                              // logged once per overflow
+	writing      bool                              // the publisher holds a batch taken from the outbox
+	polls        map[string]*pollState             // rooms whose log this instance follows
+	ownEntries   map[string][]uint64               // log entries written since the last poll, by room
+	nodes        map[string]*remoteNode            // what this instance knows of the others
+	lastActivity time.Time                         // of any event, local or remote: the poll speeds up
 }
 
 // newMemcachedRegistry makes the cluster registry. It does not connect:
@@ -103,7 +104,7 @@ func newMemcachedRegistry(cfg memcachedConfig, m *metrics, logger *zap.Logger) (
 		heartbeat:     min(nodeTTL/3, maxHeartbeat),
 		wakePublisher: make(chan struct{}, 1),
 		wakeHeartbeat: make(chan struct{}, 1),
-		local:         make(map[string]map[string]Member),
+		local:         make(map[string]map[string]chat.Member),
 		polls:         make(map[string]*pollState),
 		ownEntries:    make(map[string][]uint64),
 		nodes:         make(map[string]*remoteNode),
@@ -178,11 +179,11 @@ func (r *memcachedRegistry) NewID(context.Context) string { return r.ids.newID()
 func (r *memcachedRegistry) KeepHistory(n int) { r.hist.KeepHistory(n) }
 
 // History implements Registry.
-func (r *memcachedRegistry) History(room string, n int) []*Event { return r.hist.History(room, n) }
+func (r *memcachedRegistry) History(room string, n int) []*chat.Event { return r.hist.History(room, n) }
 
 // Publish implements Registry: it records the event in memory and queues it
 // for the room log.
-func (r *memcachedRegistry) Publish(room string, ev *Event) {
+func (r *memcachedRegistry) Publish(room string, ev *chat.Event) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.closed {
@@ -190,23 +191,23 @@ func (r *memcachedRegistry) Publish(room string, ev *Event) {
 	}
 	r.lastActivity = time.Now()
 	switch ev.Kind {
-	case KindChat:
+	case chat.KindChat:
 		r.hist.Publish(room, ev)
 		r.enqueueLocked(outboxEntry{room: room, ev: ev})
 		return
-	case KindJoin:
+	case chat.KindJoin:
 		members := r.local[room]
 		if members == nil {
-			members = make(map[string]Member)
+			members = make(map[string]chat.Member)
 			r.local[room] = members
 		}
-		members[ev.ID] = Member{ID: ev.ID, Nick: ev.Nick}
-	case KindLeave:
+		members[ev.ID] = chat.Member{ID: ev.ID, Nick: ev.Nick}
+	case chat.KindLeave:
 		delete(r.local[room], ev.ID)
 		if len(r.local[room]) == 0 {
 			delete(r.local, room)
 		}
-	case KindNick:
+	case chat.KindNick:
 		if m, ok := r.local[room][ev.ID]; ok {
 			m.Nick = ev.Nick
 			r.local[room][ev.ID] = m
@@ -220,10 +221,10 @@ func (r *memcachedRegistry) Publish(room string, ev *Event) {
 
 // RemoteMembers implements Registry, from the view that the heartbeat and
 // the room logs keep.
-func (r *memcachedRegistry) RemoteMembers(room string) []Member {
+func (r *memcachedRegistry) RemoteMembers(room string) []chat.Member {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	var out []Member
+	var out []chat.Member
 	seen := make(map[string]bool)
 	for _, n := range r.nodes {
 		if n.dead {
@@ -272,7 +273,7 @@ func (r *memcachedRegistry) Warm(_ context.Context, room string) {
 	if hasSeq {
 		tail = r.loadTail(room, cur, keep)
 	}
-	r.deliver(room, func() []*Event {
+	r.deliver(room, func() []*chat.Event {
 		r.mu.Lock()
 		defer r.mu.Unlock()
 		if len(r.local[room]) > 0 {
@@ -282,7 +283,7 @@ func (r *memcachedRegistry) Warm(_ context.Context, room string) {
 		// instances that are alive: older ones are in the snapshots, and
 		// a dead instance's would bring back members that are gone.
 		for _, e := range tail {
-			if e.Event.Kind != KindChat && e.Node != r.nodeID && live[e.Node] {
+			if e.Event.Kind != chat.KindChat && e.Node != r.nodeID && live[e.Node] {
 				r.applyRemoteEventLocked(room, e)
 			}
 		}
@@ -305,11 +306,11 @@ func (r *memcachedRegistry) Warm(_ context.Context, room string) {
 // returns, so that a member joining at that moment sees a remote event
 // either in what it is shown on joining or live, never both or neither.
 type roomDeliverer interface {
-	DeliverWith(room string, update func() []*Event)
+	DeliverWith(room string, update func() []*chat.Event)
 }
 
 // deliver applies update and hands its events to the local members of room.
-func (r *memcachedRegistry) deliver(room string, update func() []*Event) {
+func (r *memcachedRegistry) deliver(room string, update func() []*chat.Event) {
 	switch h := r.host.(type) {
 	case roomDeliverer:
 		h.DeliverWith(room, update)
@@ -336,10 +337,10 @@ func (r *memcachedRegistry) Close() error {
 	for room, members := range r.local {
 		for _, m := range members {
 			r.gen++
-			r.enqueueLocked(outboxEntry{room: room, gen: r.gen, ev: &Event{Kind: KindLeave, ID: m.ID, Nick: m.Nick}})
+			r.enqueueLocked(outboxEntry{room: room, gen: r.gen, ev: &chat.Event{Kind: chat.KindLeave, ID: m.ID, Nick: m.Nick}})
 		}
 	}
-	r.local = make(map[string]map[string]Member)
+	r.local = make(map[string]map[string]chat.Member)
 	started := r.started
 	r.mu.Unlock()
 	if !started {

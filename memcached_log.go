@@ -2,6 +2,7 @@ package chatroom
 
 import (
 	"encoding/json"
+	"github.com/caddy-chatroom/chatroom/internal/chat"
 	"strconv"
 	"time"
 
@@ -57,7 +58,7 @@ type logEntry struct {
 	// At is when Node published it, in Unix milliseconds.
 	At int64 `json:"at,omitempty"`
 	// Event is the event itself.
-	Event *Event `json:"ev"`
+	Event *chat.Event `json:"ev"`
 }
 
 // decodeLogEntry parses an entry, rejecting anything that is not an event
@@ -68,7 +69,7 @@ func decodeLogEntry(value []byte) (*logEntry, bool) {
 		return nil, false
 	}
 	switch e.Event.Kind {
-	case KindChat, KindJoin, KindLeave, KindNick:
+	case chat.KindChat, chat.KindJoin, chat.KindLeave, chat.KindNick:
 		return &e, true
 	}
 	return nil, false
@@ -79,7 +80,7 @@ type outboxEntry struct {
 	room string
 	gen  uint64
 	at   time.Time
-	ev   *Event
+	ev   *chat.Event
 }
 
 // enqueueLocked adds e to the outbox and wakes the publisher. The caller
@@ -394,16 +395,16 @@ func (r *memcachedRegistry) roomsToPoll(now time.Time) []*polledRoom {
 // in log order: chat messages always, presence changes when they are newer
 // than what this instance knows of their instance.
 func (r *memcachedRegistry) deliverEntries(room string, st *pollState, entries []*logEntry) {
-	r.deliver(room, func() []*Event {
+	r.deliver(room, func() []*chat.Event {
 		r.mu.Lock()
 		defer r.mu.Unlock()
 		if r.polls[room] != st {
 			return nil // Warm started over: its history and presence hold these
 		}
 		r.lastActivity = time.Now()
-		var out []*Event
+		var out []*chat.Event
 		for _, e := range entries {
-			if e.Event.Kind == KindChat {
+			if e.Event.Kind == chat.KindChat {
 				r.hist.Publish(room, e.Event)
 				out = append(out, e.Event)
 			} else if r.applyRemoteEventLocked(room, e) {
@@ -521,7 +522,7 @@ func (r *memcachedRegistry) loadTail(room string, cur uint64, keep int) []*logEn
 			if it := items[k]; it != nil {
 				if e, ok := decodeLogEntry(it.Value); ok {
 					tail = append(tail, e)
-					if e.Event.Kind == KindChat {
+					if e.Event.Kind == chat.KindChat {
 						chats++
 					}
 				}
@@ -539,10 +540,10 @@ func (r *memcachedRegistry) loadTail(room string, cur uint64, keep int) []*logEn
 }
 
 // lastChats returns the last keep chat events of entries, oldest first.
-func lastChats(entries []*logEntry, keep int) []*Event {
-	var out []*Event
+func lastChats(entries []*logEntry, keep int) []*chat.Event {
+	var out []*chat.Event
 	for _, e := range entries {
-		if e.Event.Kind == KindChat {
+		if e.Event.Kind == chat.KindChat {
 			out = append(out, e.Event)
 		}
 	}
@@ -554,7 +555,7 @@ func lastChats(entries []*logEntry, keep int) []*Event {
 
 // replaceHistory sets room's history to events, oldest first. The
 // memcached registry uses the embedded one as its per-room cache.
-func (r *embeddedRegistry) replaceHistory(room string, events []*Event) {
+func (r *embeddedRegistry) replaceHistory(room string, events []*chat.Event) {
 	keep := int(r.keep.Load())
 	if keep == 0 {
 		return

@@ -2,6 +2,7 @@ package chatroom
 
 import (
 	"encoding/json"
+	"github.com/caddy-chatroom/chatroom/internal/chat"
 	"sort"
 	"strconv"
 	"strings"
@@ -33,7 +34,7 @@ type nodeSnapshot struct {
 	// re-seed of the counter must land above it.
 	IDHigh uint64 `json:"id_high,omitempty"`
 	// Rooms lists the instance's members by room.
-	Rooms map[string][]Member `json:"rooms,omitempty"`
+	Rooms map[string][]chat.Member `json:"rooms,omitempty"`
 }
 
 // remoteNode is what this instance knows of another.
@@ -50,7 +51,7 @@ type remoteNode struct {
 // remoteRoom is another instance's members of one room.
 type remoteRoom struct {
 	gen     uint64
-	members map[string]Member
+	members map[string]chat.Member
 }
 
 // downProbe is how often an unreachable memcached is tried again: a refused
@@ -129,9 +130,9 @@ func (r *memcachedRegistry) snapshot() nodeSnapshot {
 	idHigh := r.ids.blockEnd()
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	s := nodeSnapshot{Gen: r.gen, IDHigh: idHigh, Rooms: make(map[string][]Member, len(r.local))}
+	s := nodeSnapshot{Gen: r.gen, IDHigh: idHigh, Rooms: make(map[string][]chat.Member, len(r.local))}
 	for room, members := range r.local {
-		list := make([]Member, 0, len(members))
+		list := make([]chat.Member, 0, len(members))
 		for _, m := range members {
 			list = append(list, m)
 		}
@@ -308,7 +309,7 @@ func (r *memcachedRegistry) applySnapshots(items map[string]*memcache.Item, dete
 
 	for _, c := range changes {
 		for _, room := range c.rooms {
-			r.deliver(room, func() []*Event {
+			r.deliver(room, func() []*chat.Event {
 				r.mu.Lock()
 				defer r.mu.Unlock()
 				return r.applySnapshotRoomLocked(c.node, room, c.snap)
@@ -318,7 +319,7 @@ func (r *memcachedRegistry) applySnapshots(items map[string]*memcache.Item, dete
 	for _, c := range dead {
 		r.logger.Info("instance gone: its members leave", zap.String("gone", c.node))
 		for _, room := range c.rooms {
-			r.deliver(room, func() []*Event {
+			r.deliver(room, func() []*chat.Event {
 				r.mu.Lock()
 				defer r.mu.Unlock()
 				n := r.nodes[c.node]
@@ -351,7 +352,7 @@ func (r *memcachedRegistry) nodeLocked(id string) *remoteNode {
 // applySnapshotRoomLocked replaces one room of an instance's view with its
 // snapshot, if the snapshot is newer, and returns the events that tell the
 // difference. The caller holds r.mu.
-func (r *memcachedRegistry) applySnapshotRoomLocked(node, room string, snap *nodeSnapshot) []*Event {
+func (r *memcachedRegistry) applySnapshotRoomLocked(node, room string, snap *nodeSnapshot) []*chat.Event {
 	n := r.nodes[node]
 	if n == nil || n.dead {
 		return nil
@@ -360,13 +361,13 @@ func (r *memcachedRegistry) applySnapshotRoomLocked(node, room string, snap *nod
 	if rr != nil && snap.Gen <= rr.gen {
 		return nil
 	}
-	next := make(map[string]Member, len(snap.Rooms[room]))
+	next := make(map[string]chat.Member, len(snap.Rooms[room]))
 	for _, m := range snap.Rooms[room] {
 		if m.ID != "" {
 			next[m.ID] = m
 		}
 	}
-	var prev map[string]Member
+	var prev map[string]chat.Member
 	if rr != nil {
 		prev = rr.members
 	}
@@ -391,38 +392,38 @@ func (r *memcachedRegistry) applyRemoteEventLocked(room string, e *logEntry) boo
 		return false
 	}
 	if rr == nil {
-		rr = &remoteRoom{members: make(map[string]Member)}
+		rr = &remoteRoom{members: make(map[string]chat.Member)}
 		n.rooms[room] = rr
 	}
 	rr.gen = e.Gen
 	ev := e.Event
 	switch ev.Kind {
-	case KindJoin:
-		rr.members[ev.ID] = Member{ID: ev.ID, Nick: ev.Nick}
-	case KindLeave:
+	case chat.KindJoin:
+		rr.members[ev.ID] = chat.Member{ID: ev.ID, Nick: ev.Nick}
+	case chat.KindLeave:
 		delete(rr.members, ev.ID)
-	case KindNick:
-		rr.members[ev.ID] = Member{ID: ev.ID, Nick: ev.Nick}
+	case chat.KindNick:
+		rr.members[ev.ID] = chat.Member{ID: ev.ID, Nick: ev.Nick}
 	}
 	return true
 }
 
 // membersChanged returns the join, leave and nick events that turn prev
 // into next, in id order.
-func membersChanged(prev, next map[string]Member) []*Event {
-	var out []*Event
+func membersChanged(prev, next map[string]chat.Member) []*chat.Event {
+	var out []*chat.Event
 	for id, m := range prev {
 		if _, ok := next[id]; !ok {
-			out = append(out, &Event{Kind: KindLeave, ID: id, Nick: m.Nick})
+			out = append(out, &chat.Event{Kind: chat.KindLeave, ID: id, Nick: m.Nick})
 		}
 	}
 	for id, m := range next {
 		old, ok := prev[id]
 		switch {
 		case !ok:
-			out = append(out, &Event{Kind: KindJoin, ID: id, Nick: m.Nick})
+			out = append(out, &chat.Event{Kind: chat.KindJoin, ID: id, Nick: m.Nick})
 		case old.Nick != m.Nick:
-			out = append(out, &Event{Kind: KindNick, ID: id, Nick: m.Nick})
+			out = append(out, &chat.Event{Kind: chat.KindNick, ID: id, Nick: m.Nick})
 		}
 	}
 	sort.SliceStable(out, func(i, j int) bool { return idLess(out[i].ID, out[j].ID) })

@@ -2,6 +2,7 @@ package chatroom
 
 import (
 	"context"
+	"github.com/caddy-chatroom/chatroom/internal/chat"
 	"runtime"
 	"strconv"
 	"strings"
@@ -23,16 +24,16 @@ type recordingHost struct {
 
 type hostEvent struct {
 	room string
-	ev   *Event
+	ev   *chat.Event
 }
 
 func newRecordingHost() *recordingHost { return &recordingHost{events: make(chan hostEvent, 10000)} }
 
 // Deliver implements Host.
-func (h *recordingHost) Deliver(room string, ev *Event) { h.events <- hostEvent{room, ev} }
+func (h *recordingHost) Deliver(room string, ev *chat.Event) { h.events <- hostEvent{room, ev} }
 
 // LocalMembers implements Host.
-func (h *recordingHost) LocalMembers() map[string][]Member { return nil }
+func (h *recordingHost) LocalMembers() map[string][]chat.Member { return nil }
 
 // await returns the first delivered event that match accepts, skipping
 // others, and fails after waitLong.
@@ -74,7 +75,7 @@ func newTestRegistry(t testing.TB, addr, prefix string, ttl time.Duration) *test
 // join publishes a member joining room, as the hub does.
 func (r *testRegistry) join(room, id, nick string) {
 	r.Warm(context.Background(), room)
-	r.Publish(room, &Event{Kind: KindJoin, ID: id, Nick: nick})
+	r.Publish(room, &chat.Event{Kind: chat.KindJoin, ID: id, Nick: nick})
 }
 
 // flushed waits until the registry has written its outbox to memcached:
@@ -90,7 +91,7 @@ func (r *testRegistry) flushed(t testing.TB) {
 
 func chatText(i int) string { return "message " + strconv.Itoa(i) }
 
-func hasMember(members []Member, id string) bool {
+func hasMember(members []chat.Member, id string) bool {
 	for _, m := range members {
 		if m.ID == id {
 			return true
@@ -179,29 +180,29 @@ func TestMemcachedRelaysEventsInOrder(t *testing.T) {
 	b := newTestRegistry(t, mc.Addr, "relay:", 30*time.Second)
 	b.join("r", "b1", "")
 	a.join("r", "a1", "alice")
-	b.host.await(t, "join of a1", func(e hostEvent) bool { return e.ev.Kind == KindJoin && e.ev.ID == "a1" && e.ev.Nick == "alice" })
+	b.host.await(t, "join of a1", func(e hostEvent) bool { return e.ev.Kind == chat.KindJoin && e.ev.ID == "a1" && e.ev.Nick == "alice" })
 
 	a.join("other", "a2", "")
 	const n = 200
 	for i := 0; i < n; i++ {
-		a.Publish("r", &Event{Kind: KindChat, ID: "a1", Msg: chatText(i), Time: "1"})
-		a.Publish("other", &Event{Kind: KindChat, ID: "a2", Msg: "elsewhere", Time: "1"})
+		a.Publish("r", &chat.Event{Kind: chat.KindChat, ID: "a1", Msg: chatText(i), Time: "1"})
+		a.Publish("other", &chat.Event{Kind: chat.KindChat, ID: "a2", Msg: "elsewhere", Time: "1"})
 	}
 	for i := 0; i < n; i++ {
-		e := b.host.await(t, "chat "+strconv.Itoa(i), func(e hostEvent) bool { return e.ev.Kind == KindChat })
+		e := b.host.await(t, "chat "+strconv.Itoa(i), func(e hostEvent) bool { return e.ev.Kind == chat.KindChat })
 		if e.room != "r" || e.ev.Msg != chatText(i) || e.ev.ID != "a1" {
 			t.Fatalf("chat %d: got %q in room %q from %s, want %q in r from a1", i, e.ev.Msg, e.room, e.ev.ID, chatText(i))
 		}
 	}
 	// Own events are never delivered back.
-	b.Publish("r", &Event{Kind: KindChat, ID: "b1", Msg: "from b", Time: "1"})
-	got := a.host.await(t, "chat from b", func(e hostEvent) bool { return e.ev.Kind == KindChat })
+	b.Publish("r", &chat.Event{Kind: chat.KindChat, ID: "b1", Msg: "from b", Time: "1"})
+	got := a.host.await(t, "chat from b", func(e hostEvent) bool { return e.ev.Kind == chat.KindChat })
 	if got.ev.Msg != "from b" {
 		t.Fatalf("a got %q, want the chat from b", got.ev.Msg)
 	}
 	select {
 	case e := <-b.host.events:
-		if e.ev.Kind == KindChat {
+		if e.ev.Kind == chat.KindChat {
 			t.Fatalf("b was delivered a chat (%q) that it published itself or that belongs to another room", e.ev.Msg)
 		}
 	default:
@@ -217,18 +218,18 @@ func TestMemcachedPresenceAcrossInstances(t *testing.T) {
 	b := newTestRegistry(t, mc.Addr, "pres:", 30*time.Second)
 	// A joiner on b sees a's member at once: Warm reads the snapshots.
 	b.Warm(context.Background(), "r")
-	if got := b.RemoteMembers("r"); len(got) != 1 || got[0] != (Member{ID: "a1", Nick: "alice"}) {
+	if got := b.RemoteMembers("r"); len(got) != 1 || got[0] != (chat.Member{ID: "a1", Nick: "alice"}) {
 		t.Fatalf("b's remote members of r = %v, want [a1 alice]", got)
 	}
-	b.Publish("r", &Event{Kind: KindJoin, ID: "b1"})
-	a.host.await(t, "join of b1", func(e hostEvent) bool { return e.ev.Kind == KindJoin && e.ev.ID == "b1" })
+	b.Publish("r", &chat.Event{Kind: chat.KindJoin, ID: "b1"})
+	a.host.await(t, "join of b1", func(e hostEvent) bool { return e.ev.Kind == chat.KindJoin && e.ev.ID == "b1" })
 	if !hasMember(a.RemoteMembers("r"), "b1") {
 		t.Fatalf("a's remote members of r = %v, want b1 in them", a.RemoteMembers("r"))
 	}
-	a.Publish("r", &Event{Kind: KindNick, ID: "a1", Nick: "alicia"})
-	b.host.await(t, "nick of a1", func(e hostEvent) bool { return e.ev.Kind == KindNick && e.ev.Nick == "alicia" })
-	a.Publish("r", &Event{Kind: KindLeave, ID: "a1", Nick: "alicia"})
-	b.host.await(t, "leave of a1", func(e hostEvent) bool { return e.ev.Kind == KindLeave && e.ev.ID == "a1" })
+	a.Publish("r", &chat.Event{Kind: chat.KindNick, ID: "a1", Nick: "alicia"})
+	b.host.await(t, "nick of a1", func(e hostEvent) bool { return e.ev.Kind == chat.KindNick && e.ev.Nick == "alicia" })
+	a.Publish("r", &chat.Event{Kind: chat.KindLeave, ID: "a1", Nick: "alicia"})
+	b.host.await(t, "leave of a1", func(e hostEvent) bool { return e.ev.Kind == chat.KindLeave && e.ev.ID == "a1" })
 	if got := b.RemoteMembers("r"); len(got) != 0 {
 		t.Fatalf("b's remote members after the leave = %v, want none", got)
 	}
@@ -259,13 +260,13 @@ func TestMemcachedDeadInstanceLeaves(t *testing.T) {
 	b := newTestRegistry(t, mc.Addr, "dead:", 2*time.Second)
 	b.join("r", "b1", "")
 	a.join("r", "a1", "")
-	b.host.await(t, "join of a1", func(e hostEvent) bool { return e.ev.Kind == KindJoin && e.ev.ID == "a1" })
+	b.host.await(t, "join of a1", func(e hostEvent) bool { return e.ev.Kind == chat.KindJoin && e.ev.ID == "a1" })
 	// a dies without a word: its loops stop, its keys stay until they
 	// expire.
 	a.cancel()
 	a.wg.Wait()
 	start := time.Now()
-	b.host.await(t, "leave of a1", func(e hostEvent) bool { return e.ev.Kind == KindLeave && e.ev.ID == "a1" })
+	b.host.await(t, "leave of a1", func(e hostEvent) bool { return e.ev.Kind == chat.KindLeave && e.ev.ID == "a1" })
 	t.Logf("a's member left b's presence %v after a died (ttl 2s, heartbeat %v)", time.Since(start).Round(time.Millisecond), b.heartbeat)
 	if hasMember(b.RemoteMembers("r"), "a1") {
 		t.Fatal("a1 still in b's presence after its leave")
@@ -279,9 +280,9 @@ func TestMemcachedHistoryClusterWide(t *testing.T) {
 	a.KeepHistory(5)
 	a.join("r", "a1", "")
 	for i := 0; i < 8; i++ {
-		a.Publish("r", &Event{Kind: KindChat, ID: "a1", Msg: chatText(i), Time: "1"})
+		a.Publish("r", &chat.Event{Kind: chat.KindChat, ID: "a1", Msg: chatText(i), Time: "1"})
 		if i == 3 {
-			a.Publish("r", &Event{Kind: KindJoin, ID: "a2"})
+			a.Publish("r", &chat.Event{Kind: chat.KindJoin, ID: "a2"})
 		}
 	}
 	b := newTestRegistry(t, mc.Addr, "hist:", 30*time.Second)
@@ -308,10 +309,10 @@ func TestMemcachedKeysAndClose(t *testing.T) {
 	b := newTestRegistry(t, mc.Addr, "keys:", 30*time.Second)
 	a.KeepHistory(3)
 	a.join("r.1_x-Y", "1", "")
-	a.Publish("r.1_x-Y", &Event{Kind: KindChat, ID: "1", Msg: "hi", Time: "1"})
+	a.Publish("r.1_x-Y", &chat.Event{Kind: chat.KindChat, ID: "1", Msg: "hi", Time: "1"})
 	_ = a.NewID(context.Background())
 	b.join("r.1_x-Y", "2", "")
-	a.host.await(t, "join of 2", func(e hostEvent) bool { return e.ev.Kind == KindJoin && e.ev.ID == "2" })
+	a.host.await(t, "join of 2", func(e hostEvent) bool { return e.ev.Kind == chat.KindJoin && e.ev.ID == "2" })
 	awaitCondition(t, "both instances in the index", func() bool {
 		idx := mc.get("keys:nodes")
 		return strings.Contains(idx, a.nodeID) && strings.Contains(idx, b.nodeID)
@@ -355,7 +356,7 @@ func TestMemcachedKeysAndClose(t *testing.T) {
 			t.Errorf("%s did not survive a's Close", k)
 		}
 	}
-	b.host.await(t, "leave of a's member", func(e hostEvent) bool { return e.ev.Kind == KindLeave && e.ev.ID == "1" })
+	b.host.await(t, "leave of a's member", func(e hostEvent) bool { return e.ev.Kind == chat.KindLeave && e.ev.ID == "1" })
 }
 
 func TestMemcachedRoomKeyPart(t *testing.T) {
@@ -386,7 +387,7 @@ func TestMemcachedDownAtStartThenUp(t *testing.T) {
 	if v, _ := strconv.ParseUint(id, 10, 64); v < fallbackIDBase {
 		t.Fatalf("id while memcached is down = %s, want one from the fallback range", id)
 	}
-	a.Publish("r", &Event{Kind: KindChat, ID: "a1", Msg: "said while down", Time: "1"})
+	a.Publish("r", &chat.Event{Kind: chat.KindChat, ID: "a1", Msg: "said while down", Time: "1"})
 	if a.client.isUp() {
 		t.Fatal("registry thinks memcached is up while it is stopped")
 	}
@@ -398,9 +399,9 @@ func TestMemcachedDownAtStartThenUp(t *testing.T) {
 		b.Warm(context.Background(), "x") // refreshes presence, as a joiner would
 		return hasMember(b.RemoteMembers("r"), "a1")
 	})
-	a.Publish("r", &Event{Kind: KindChat, ID: "a1", Msg: "said after", Time: "1"})
+	a.Publish("r", &chat.Event{Kind: chat.KindChat, ID: "a1", Msg: "said after", Time: "1"})
 	b.host.await(t, "chat said after", func(e hostEvent) bool { return e.ev.Msg == "said after" })
-	b.Publish("r", &Event{Kind: KindChat, ID: "b1", Msg: "back to a", Time: "1"})
+	b.Publish("r", &chat.Event{Kind: chat.KindChat, ID: "b1", Msg: "back to a", Time: "1"})
 	a.host.await(t, "chat from b", func(e hostEvent) bool { return e.ev.Msg == "back to a" })
 	if id := a.NewID(context.Background()); id == "" || mustUint(t, id) >= fallbackIDBase {
 		t.Errorf("id after memcached returned = %s, want one from the counter", id)
@@ -456,8 +457,8 @@ func TestMemcachedCloseStopsGoroutines(t *testing.T) {
 		}
 		id := reg.NewID(context.Background())
 		reg.Warm(context.Background(), "r")
-		reg.Publish("r", &Event{Kind: KindJoin, ID: id})
-		reg.Publish("r", &Event{Kind: KindChat, ID: id, Msg: "hi", Time: "1"})
+		reg.Publish("r", &chat.Event{Kind: chat.KindJoin, ID: id})
+		reg.Publish("r", &chat.Event{Kind: chat.KindChat, ID: id, Msg: "hi", Time: "1"})
 		if err := reg.Close(); err != nil {
 			t.Fatal(err)
 		}

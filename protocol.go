@@ -5,21 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/caddy-chatroom/chatroom/internal/chat"
 	"strconv"
 	"strings"
-	"sync"
-	"time"
-	"unicode"
-	"unicode/utf8"
-)
-
-// Event kinds. They travel between instances in the memcached room log, so
-// their spelling is part of the cluster's wire format.
-const (
-	KindChat  = "chat"
-	KindJoin  = "join"
-	KindLeave = "leave"
-	KindNick  = "nick"
 )
 
 // Error codes of refused frames (SPEC §3).
@@ -29,44 +17,6 @@ const (
 	ErrCodeBadNick     = "bad_nick"
 	ErrCodeNickLocked  = "nick_locked"
 )
-
-// maxNickRunes is the longest display name a client may choose.
-const maxNickRunes = 32
-
-// Member is one connection in a room, as the online list shows it.
-type Member struct {
-	ID   string `json:"id"`
-	Nick string `json:"nick,omitempty"`
-}
-
-// Event is something that happened in a room: a chat message, or a member
-// joining, leaving or renaming. Events are what the hub fans out to local
-// members and what a registry carries to other instances.
-type Event struct {
-	Kind string `json:"kind"`
-	// ID is the member the event is about: the sender of a chat message.
-	ID   string `json:"id"`
-	Nick string `json:"nick,omitempty"`
-	// Msg is the chat text; empty for presence events.
-	Msg string `json:"msg,omitempty"`
-	// Time is the Unix time in seconds, as a decimal string (seed format).
-	Time string `json:"time,omitempty"`
-
-	encodeOnce sync.Once
-	encoded    []byte
-}
-
-// frame returns the frame that members receive for ev, encoded once however
-// many members and joiners are sent it.
-func (ev *Event) frame() []byte {
-	ev.encodeOnce.Do(func() { ev.encoded = encodeFrame(ev) })
-	return ev.encoded
-}
-
-// newChatEvent returns a chat event stamped with the current time.
-func newChatEvent(from Member, msg string, now time.Time) *Event {
-	return &Event{Kind: KindChat, ID: from.ID, Nick: from.Nick, Msg: msg, Time: strconv.FormatInt(now.Unix(), 10)}
-}
 
 // The frames the server sends. Field order follows the SPEC's examples.
 type (
@@ -84,10 +34,10 @@ type (
 		Nick      string `json:"nick,omitempty"`
 	}
 	onlineFrame struct {
-		Msg       string   `json:"msg"`
-		MsgSource string   `json:"msg_source"`
-		Event     string   `json:"event"`
-		Online    []Member `json:"online"`
+		Msg       string        `json:"msg"`
+		MsgSource string        `json:"msg_source"`
+		Event     string        `json:"event"`
+		Online    []chat.Member `json:"online"`
 	}
 	presenceFrame struct {
 		Msg       string `json:"msg"`
@@ -106,25 +56,25 @@ type (
 const sourceServer = "server"
 
 // encodeFrame turns an event into the frame members receive.
-func encodeFrame(ev *Event) []byte {
+func encodeFrame(ev *chat.Event) []byte {
 	switch ev.Kind {
-	case KindChat:
+	case chat.KindChat:
 		return mustMarshal(chatFrame{FromID: ev.ID, Msg: ev.Msg, MsgTime: ev.Time, FromNick: ev.Nick})
-	case KindJoin, KindLeave, KindNick:
+	case chat.KindJoin, chat.KindLeave, chat.KindNick:
 		return mustMarshal(presenceFrame{Msg: presenceText(ev), MsgSource: sourceServer, Event: ev.Kind, ID: ev.ID, Nick: ev.Nick})
 	}
 	return nil
 }
 
-func presenceText(ev *Event) string {
+func presenceText(ev *chat.Event) string {
 	name := ev.ID
 	switch ev.Kind {
-	case KindJoin:
+	case chat.KindJoin:
 		if ev.Nick != "" {
 			name = ev.Nick + " (" + ev.ID + ")"
 		}
 		return name + " joined"
-	case KindLeave:
+	case chat.KindLeave:
 		if ev.Nick != "" {
 			name = ev.Nick + " (" + ev.ID + ")"
 		}
@@ -134,13 +84,13 @@ func presenceText(ev *Event) string {
 	}
 }
 
-func welcomeMessage(m Member, room string) []byte {
+func welcomeMessage(m chat.Member, room string) []byte {
 	return mustMarshal(welcomeFrame{Msg: "you are login as " + m.ID + " id", MsgSource: sourceServer, ID: m.ID, Room: room, Nick: m.Nick})
 }
 
-func onlineMessage(members []Member) []byte {
+func onlineMessage(members []chat.Member) []byte {
 	if members == nil {
-		members = []Member{}
+		members = []chat.Member{}
 	}
 	return mustMarshal(onlineFrame{Msg: strconv.Itoa(len(members)) + " online", MsgSource: sourceServer, Event: "online", Online: members})
 }
@@ -213,40 +163,7 @@ func (in inbound) nickRequest() (string, error) {
 	if len(in.Nick) == 0 || in.Nick[0] != '"' || json.Unmarshal(in.Nick, &s) != nil {
 		return "", errors.New("nick must be a string")
 	}
-	return cleanNick(s)
-}
-
-// cleanNick trims a display name and checks it against the SPEC: 1 to 32
-// characters, no control characters.
-func cleanNick(s string) (string, error) {
-	s = strings.TrimSpace(s)
-	n := utf8.RuneCountInString(s)
-	if n == 0 {
-		return "", errors.New("nick must not be empty")
-	}
-	if n > maxNickRunes {
-		return "", fmt.Errorf("nick must be at most %d characters", maxNickRunes)
-	}
-	if strings.IndexFunc(s, unicode.IsControl) >= 0 {
-		return "", errors.New("nick must not contain control characters")
-	}
-	return s, nil
-}
-
-// cleanUser turns the resolved `user` template into a display name: the
-// authenticated name is trusted, but control characters are dropped and it
-// is cut to a length that a page can show.
-func cleanUser(s string) string {
-	s = strings.TrimSpace(strings.Map(func(r rune) rune {
-		if unicode.IsControl(r) {
-			return -1
-		}
-		return r
-	}, s))
-	if utf8.RuneCountInString(s) > 64 {
-		s = string([]rune(s)[:64])
-	}
-	return s
+	return chat.CleanName(s)
 }
 
 // validRoom reports whether name is 1 to 64 characters of A-Z a-z 0-9 . _ -.

@@ -3,6 +3,7 @@ package chatroom
 import (
 	"encoding/json"
 	"errors"
+	"github.com/caddy-chatroom/chatroom/internal/chat"
 	"strconv"
 	"strings"
 	"testing"
@@ -57,7 +58,7 @@ func TestDecodeInbound(t *testing.T) {
 	}
 }
 
-func TestCleanNick(t *testing.T) {
+func TestNickRules(t *testing.T) {
 	good := map[string]string{
 		"alice":                             "alice",
 		"  bob \t":                          "bob",
@@ -67,23 +68,14 @@ func TestCleanNick(t *testing.T) {
 		" " + strings.Repeat("x", 32) + " ": strings.Repeat("x", 32),
 	}
 	for in, want := range good {
-		if got, err := cleanNick(in); err != nil || got != want {
-			t.Errorf("cleanNick(%q) = %q, %v; want %q", in, got, err, want)
+		if got, err := chat.CleanName(in); err != nil || got != want {
+			t.Errorf("chat.CleanName(%q) = %q, %v; want %q", in, got, err, want)
 		}
 	}
 	for _, in := range []string{"", "   ", strings.Repeat("x", 33), "a\x00b", "a\nb", "tab\there", "x\u0085x", "x\u009bx"} {
-		if got, err := cleanNick(in); err == nil {
-			t.Errorf("cleanNick(%q) = %q, want an error", in, got)
+		if got, err := chat.CleanName(in); err == nil {
+			t.Errorf("chat.CleanName(%q) = %q, want an error", in, got)
 		}
-	}
-}
-
-func TestCleanUser(t *testing.T) {
-	if got := cleanUser("  carol\x07 "); got != "carol" {
-		t.Errorf("cleanUser = %q, want carol", got)
-	}
-	if got := cleanUser(strings.Repeat("é", 80)); got != strings.Repeat("é", 64) {
-		t.Errorf("cleanUser of 80 runes kept %d runes, want 64", len([]rune(got)))
 	}
 }
 
@@ -113,21 +105,21 @@ func TestServerFrames(t *testing.T) {
 			}
 		}
 	}
-	check("welcome", welcomeMessage(Member{ID: "23"}, "lobby"), map[string]any{
+	check("welcome", welcomeMessage(chat.Member{ID: "23"}, "lobby"), map[string]any{
 		"msg": "you are login as 23 id", "msg_source": "server", "id": "23", "room": "lobby"})
-	check("online", onlineMessage([]Member{{ID: "12"}, {ID: "23", Nick: "alice"}}), map[string]any{
+	check("online", onlineMessage([]chat.Member{{ID: "12"}, {ID: "23", Nick: "alice"}}), map[string]any{
 		"msg": "2 online", "msg_source": "server", "event": "online",
 		"online": []any{map[string]any{"id": "12"}, map[string]any{"id": "23", "nick": "alice"}}})
 	check("empty online", onlineMessage(nil), map[string]any{"msg": "0 online", "online": []any{}})
 	now := time.Unix(1456690889, 0)
-	check("chat", newChatEvent(Member{ID: "12"}, "I am a php programmer", now).frame(), map[string]any{
+	check("chat", encodeFrame(chat.NewChat(chat.Member{ID: "12"}, "I am a php programmer", now)), map[string]any{
 		"from_id": "12", "msg": "I am a php programmer", "msg_time": "1456690889", "from_nick": nil})
-	check("named chat", newChatEvent(Member{ID: "12", Nick: "alice"}, "hi", now).frame(), map[string]any{"from_nick": "alice"})
-	check("join", (&Event{Kind: KindJoin, ID: "23"}).frame(), map[string]any{
+	check("named chat", encodeFrame(chat.NewChat(chat.Member{ID: "12", Nick: "alice"}, "hi", now)), map[string]any{"from_nick": "alice"})
+	check("join", encodeFrame(&chat.Event{Kind: chat.KindJoin, ID: "23"}), map[string]any{
 		"msg": "23 joined", "msg_source": "server", "event": "join", "id": "23"})
-	check("leave", (&Event{Kind: KindLeave, ID: "23", Nick: "al"}).frame(), map[string]any{
+	check("leave", encodeFrame(&chat.Event{Kind: chat.KindLeave, ID: "23", Nick: "al"}), map[string]any{
 		"msg_source": "server", "event": "leave", "id": "23", "nick": "al"})
-	check("nick", (&Event{Kind: KindNick, ID: "23", Nick: "al"}).frame(), map[string]any{
+	check("nick", encodeFrame(&chat.Event{Kind: chat.KindNick, ID: "23", Nick: "al"}), map[string]any{
 		"msg": "23 is now al", "msg_source": "server", "event": "nick", "id": "23", "nick": "al"})
 	check("error", errorMessage(ErrCodeRateLimited, "slow down"), map[string]any{
 		"msg": "slow down", "msg_source": "server", "error": "rate_limited"})
@@ -140,17 +132,17 @@ func mustString(v any) string {
 
 func TestEmbeddedHistory(t *testing.T) {
 	r := newEmbeddedRegistry()
-	r.Publish("a", &Event{Kind: KindChat, Msg: "dropped: history is off"})
+	r.Publish("a", &chat.Event{Kind: chat.KindChat, Msg: "dropped: history is off"})
 	if got := r.History("a", 10); len(got) != 0 {
 		t.Fatalf("history kept %d events with KeepHistory never called", len(got))
 	}
 	r.KeepHistory(3)
 	for _, m := range []string{"1", "2", "3", "4", "5"} {
-		r.Publish("a", &Event{Kind: KindChat, Msg: m})
+		r.Publish("a", &chat.Event{Kind: chat.KindChat, Msg: m})
 	}
-	r.Publish("a", &Event{Kind: KindJoin, ID: "9"})
-	r.Publish("b", &Event{Kind: KindChat, Msg: "other room"})
-	msgs := func(evs []*Event) string {
+	r.Publish("a", &chat.Event{Kind: chat.KindJoin, ID: "9"})
+	r.Publish("b", &chat.Event{Kind: chat.KindChat, Msg: "other room"})
+	msgs := func(evs []*chat.Event) string {
 		var s []string
 		for _, ev := range evs {
 			s = append(s, ev.Msg)
@@ -165,7 +157,7 @@ func TestEmbeddedHistory(t *testing.T) {
 	}
 	r.KeepHistory(5)
 	r.KeepHistory(1) // never lowers
-	r.Publish("a", &Event{Kind: KindChat, Msg: "6"})
+	r.Publish("a", &chat.Event{Kind: chat.KindChat, Msg: "6"})
 	if got := msgs(r.History("a", 10)); got != "3,4,5,6" {
 		t.Errorf("after growing to 5: History = %s, want 3,4,5,6", got)
 	}
@@ -178,7 +170,7 @@ func TestEmbeddedHistoryRoomsBounded(t *testing.T) {
 	r := newEmbeddedRegistry()
 	r.KeepHistory(1)
 	for i := 0; i < maxIdleHistoryRooms+10; i++ {
-		r.Publish("room"+strconv.Itoa(i), &Event{Kind: KindChat, Msg: "x"})
+		r.Publish("room"+strconv.Itoa(i), &chat.Event{Kind: chat.KindChat, Msg: "x"})
 	}
 	if n := len(r.history); n != maxIdleHistoryRooms {
 		t.Fatalf("embedded registry keeps history of %d rooms, want at most %d", n, maxIdleHistoryRooms)

@@ -3,6 +3,7 @@ package chatroom
 import (
 	"container/list"
 	"context"
+	"github.com/caddy-chatroom/chatroom/internal/chat"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -31,12 +32,12 @@ type Registry interface {
 	// Publish hands an event that happened on this instance to the other
 	// instances, and records chat events in the room's history. Events of
 	// one room are published in the order they happened.
-	Publish(room string, ev *Event)
+	Publish(room string, ev *chat.Event)
 	// History returns at most n of the room's latest chat events, oldest
 	// first.
-	History(room string, n int) []*Event
+	History(room string, n int) []*chat.Event
 	// RemoteMembers returns the room's members connected to other instances.
-	RemoteMembers(room string) []Member
+	RemoteMembers(room string) []chat.Member
 	// KeepHistory raises the number of chat events kept per room to at
 	// least n.
 	KeepHistory(n int)
@@ -50,9 +51,9 @@ type Registry interface {
 type Host interface {
 	// Deliver hands an event that happened on another instance to the local
 	// members of room.
-	Deliver(room string, ev *Event)
+	Deliver(room string, ev *chat.Event)
 	// LocalMembers returns the members of every room on this instance.
-	LocalMembers() map[string][]Member
+	LocalMembers() map[string][]chat.Member
 }
 
 // maxIdleHistoryRooms bounds how many rooms without members keep their
@@ -73,7 +74,7 @@ type embeddedRegistry struct {
 
 type roomHistory struct {
 	room   string
-	events []*Event // ring buffer
+	events []*chat.Event // ring buffer
 	next   int
 	full   bool
 }
@@ -94,7 +95,7 @@ func (r *embeddedRegistry) NewID(context.Context) string {
 func (r *embeddedRegistry) Warm(context.Context, string) {}
 
 // RemoteMembers implements Registry.
-func (r *embeddedRegistry) RemoteMembers(string) []Member { return nil }
+func (r *embeddedRegistry) RemoteMembers(string) []chat.Member { return nil }
 
 // KeepHistory implements Registry.
 func (r *embeddedRegistry) KeepHistory(n int) {
@@ -107,9 +108,9 @@ func (r *embeddedRegistry) KeepHistory(n int) {
 }
 
 // Publish implements Registry.
-func (r *embeddedRegistry) Publish(room string, ev *Event) {
+func (r *embeddedRegistry) Publish(room string, ev *chat.Event) {
 	keep := int(r.keep.Load())
-	if ev.Kind != KindChat || keep == 0 {
+	if ev.Kind != chat.KindChat || keep == 0 {
 		return
 	}
 	r.mu.Lock()
@@ -119,7 +120,7 @@ func (r *embeddedRegistry) Publish(room string, ev *Event) {
 }
 
 // History implements Registry.
-func (r *embeddedRegistry) History(room string, n int) []*Event {
+func (r *embeddedRegistry) History(room string, n int) []*chat.Event {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	h := r.roomHistory(room, false)
@@ -153,7 +154,7 @@ func (r *embeddedRegistry) roomHistory(room string, create bool) *roomHistory {
 func (r *embeddedRegistry) Close() error { return nil }
 
 // add appends ev, keeping the last keep events.
-func (h *roomHistory) add(ev *Event, keep int) {
+func (h *roomHistory) add(ev *chat.Event, keep int) {
 	if len(h.events) != keep {
 		h.resize(keep)
 	}
@@ -167,15 +168,15 @@ func (h *roomHistory) add(ev *Event, keep int) {
 // resize changes the ring's capacity, keeping the latest events.
 func (h *roomHistory) resize(keep int) {
 	latest := h.latest(keep)
-	h.events = make([]*Event, keep)
+	h.events = make([]*chat.Event, keep)
 	copy(h.events, latest)
 	h.next = len(latest) % keep
 	h.full = len(latest) == keep
 }
 
 // latest returns at most n events, oldest first.
-func (h *roomHistory) latest(n int) []*Event {
-	var ordered []*Event
+func (h *roomHistory) latest(n int) []*chat.Event {
+	var ordered []*chat.Event
 	if h.full {
 		ordered = append(append(ordered, h.events[h.next:]...), h.events[:h.next]...)
 	} else {

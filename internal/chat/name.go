@@ -1,0 +1,85 @@
+package chat
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"unicode"
+	"unicode/utf8"
+
+	"golang.org/x/text/unicode/norm"
+)
+
+// MaxNameRunes is the longest name, chosen or authenticated, in characters.
+const MaxNameRunes = 32
+
+// Reasons a name is refused; a client is told them in a bad_nick error frame.
+var (
+	ErrNameEmpty     = errors.New("nick must not be empty")
+	ErrNameTooLong   = fmt.Errorf("nick must be at most %d characters", MaxNameRunes)
+	ErrNameInvisible = errors.New("nick must contain at least one visible character")
+	ErrNameForbidden = errors.New("nick must not contain control, format, line or paragraph separator characters")
+)
+
+// CleanName returns the name a person sees for s, or the reason it is
+// refused: NFC-normalised and trimmed, 1 to MaxNameRunes characters, none of
+// them a control (Cc), format (Cf: bidirectional overrides, zero-width
+// characters), line (Zl) or paragraph (Zp) separator, and at least one of
+// them visible. Names from every source pass this rule: chosen nicks,
+// authenticated `user` names and names read back from a cluster relay.
+func CleanName(s string) (string, error) {
+	if !utf8.ValidString(s) {
+		return "", ErrNameForbidden
+	}
+	s = strings.TrimSpace(norm.NFC.String(s))
+	n := utf8.RuneCountInString(s)
+	switch {
+	case n == 0:
+		return "", ErrNameEmpty
+	case n > MaxNameRunes:
+		return "", ErrNameTooLong
+	case strings.IndexFunc(s, forbiddenInName) >= 0:
+		return "", ErrNameForbidden
+	case strings.IndexFunc(s, visible) < 0:
+		return "", ErrNameInvisible
+	}
+	return s, nil
+}
+
+// CleanUser turns a resolved `user` template into an authenticated name: cut
+// to MaxNameRunes after the characters CleanName forbids are dropped. It
+// returns "" when nothing visible is left, which callers treat as no user.
+func CleanUser(s string) string {
+	s = strings.Map(func(r rune) rune {
+		if forbiddenInName(r) || r == utf8.RuneError {
+			return -1
+		}
+		return r
+	}, norm.NFC.String(s))
+	s = strings.TrimSpace(s)
+	if utf8.RuneCountInString(s) > MaxNameRunes {
+		s = strings.TrimSpace(string([]rune(s)[:MaxNameRunes]))
+	}
+	if name, err := CleanName(s); err == nil {
+		return name
+	}
+	return ""
+}
+
+// forbiddenInName reports the characters no name may hold.
+func forbiddenInName(r rune) bool {
+	return unicode.In(r, unicode.Cc, unicode.Cf, unicode.Zl, unicode.Zp)
+}
+
+// visible reports a character that leaves a mark: not white space and not a
+// mark or filler that renders as nothing on its own.
+func visible(r rune) bool {
+	if unicode.IsSpace(r) || unicode.Is(unicode.Mn, r) || unicode.Is(unicode.Me, r) {
+		return false
+	}
+	switch r {
+	case '\u115F', '\u1160', '\u3164', '\uFFA0', '\u2800': // Hangul fillers, braille blank
+		return false
+	}
+	return unicode.IsGraphic(r)
+}
