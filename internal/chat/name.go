@@ -39,7 +39,8 @@ func CleanName(s string) (string, error) {
 	case n > MaxNameRunes:
 		return "", ErrNameTooLong
 	case strings.IndexFunc(s, forbiddenInName) >= 0:
-		return "", ErrNameForbidden
+		r, _ := utf8.DecodeRuneInString(s[strings.IndexFunc(s, forbiddenInName):])
+		return "", fmt.Errorf("%w (found U+%04X)", ErrNameForbidden, r)
 	case strings.IndexFunc(s, visible) < 0:
 		return "", ErrNameInvisible
 	}
