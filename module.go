@@ -1,7 +1,6 @@
 package chatroom
 
 import (
-	"encoding/json"
 	"fmt"
 	"net"
 	"net/url"
@@ -143,11 +142,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("starting chat registry: %w", err)
 	}
 	h.hub.reg.KeepHistory(h.History)
-	settings, err := json.Marshal(h)
-	if err != nil {
-		return fmt.Errorf("encoding chatroom settings: %w", err) // Cleanup releases the hub
+	mods := ctx.Modules()
+	if len(mods) > 0 {
+		mods = mods[:len(mods)-1] // the last is h itself
 	}
-	h.ref = h.hub.attach(string(settings))
+	h.ref = h.hub.attach(func() string { return handlerLocation(mods, h) })
 
 	h.origins = make(map[string]bool, len(h.Origins))
 	for _, o := range h.Origins {

@@ -8,13 +8,13 @@ import (
 	"github.com/gorilla/websocket"
 )
 
-// A hub outlives reloads and may serve several handlers. Its clients stay
-// open across a reload only when the new config has a handler with exactly
-// the same settings on the same hub: a handler whose settings changed (its
-// registry above all, but also e.g. `origins` or `user`, which decided who
-// was let in) closes its own clients with 1001, even while another handler
-// keeps the hub alive, so that they reconnect under the new settings and no
-// room is silently split between an old and a new registry.
+// A hub outlives reloads and may serve several handlers. A handler's
+// clients stay open across a reload when the new config has the same
+// handler (at the same location, see location.go) on the same hub. A
+// handler whose registry settings changed is on another hub in the new
+// config: it closes its own clients with 1001, even while another handler
+// keeps the old hub alive, so that they reconnect into the new registry and
+// no room is silently split between the two.
 
 // dropReload is the metrics reason of a client closed because the handler
 // it came through is gone from the config.
@@ -27,8 +27,11 @@ var errHandlerGone = errors.New("chat settings changed; reconnect")
 // handlerRef stands for one provisioned handler in its hub; each connection
 // points at the one it came through.
 type handlerRef struct {
-	settings string // the handler's whole config, as JSON
-	seq      uint64 // order of provisioning within the hub
+	seq    uint64        // order of provisioning within the hub
+	locate func() string // the handler's location, once its config is whole
+
+	located  bool // guarded by the hub's handlerSet.mu
+	location string
 
 	// next is the handler of a newer config with the same settings that
 	// took this one's connections over; gone is set when none did.
@@ -55,21 +58,22 @@ type handlerSet struct {
 	seq  uint64
 }
 
-// attach records a handler with the given settings as a user of h.
-func (h *hub) attach(settings string) *handlerRef {
+// attach records a handler as a user of h; locate tells where it is in its
+// config, once the config is provisioned.
+func (h *hub) attach(locate func() string) *handlerRef {
 	s := &h.handlers
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.seq++
-	ref := &handlerRef{settings: settings, seq: s.seq}
+	ref := &handlerRef{locate: locate, seq: s.seq}
 	s.list = append(s.list, ref)
 	return ref
 }
 
 // detach removes a handler that is being cleaned up. Caddy provisions a
-// new config before it cleans up the old one, so a successor with the same
-// settings is attached already when there is one: the connections pass to
-// it. Otherwise they are closed with 1001, unless no handler uses the hub
+// new config before it cleans up the old one, so the same handler of the
+// new config is attached already when there is one: the connections pass
+// to it. Otherwise they are closed with 1001, unless no handler uses the hub
 // any more: then the hub itself shuts down and closes them all.
 func (h *hub) detach(ref *handlerRef) {
 	s := &h.handlers
@@ -82,7 +86,7 @@ func (h *hub) detach(ref *handlerRef) {
 			i--
 			continue
 		}
-		if other.seq > ref.seq && other.settings == ref.settings && successor == nil {
+		if other.seq > ref.seq && successor == nil && s.locationOf(other) == s.locationOf(ref) {
 			successor = other
 		}
 	}
@@ -95,6 +99,14 @@ func (h *hub) detach(ref *handlerRef) {
 		ref.gone.Store(true)
 		h.closeVia(ref)
 	}
+}
+
+// locationOf returns the location of r, found once. The caller holds s.mu.
+func (s *handlerSet) locationOf(r *handlerRef) string {
+	if !r.located {
+		r.location, r.located = r.locate(), true
+	}
+	return r.location
 }
 
 // closeVia closes, with 1001, every connection that came through ref. A
