@@ -143,8 +143,8 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.hub.reg.KeepHistory(h.History)
 	mods := ctx.Modules()
-	if len(mods) > 0 {
-		mods = mods[:len(mods)-1] // the last is h itself
+	if len(mods) > 0 && any(mods[len(mods)-1]) == any(h) {
+		mods = mods[:len(mods)-1] // the modules around h, outermost first
 	}
 	h.ref = h.hub.attach(func() string { return handlerLocation(mods, h) })
 
