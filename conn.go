@@ -63,6 +63,7 @@ type conn struct {
 	limiter  *rate.Limiter
 	roomName string
 	logger   *zap.Logger
+	via      *handlerRef // the handler it came through (reload.go)
 
 	// Guarded by room.mu.
 	room   *room

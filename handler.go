@@ -7,6 +7,7 @@ import (
 	"github.com/caddy-chatroom/chatroom/internal/chat"
 	"net"
 	"net/http"
+	"net/url"
 	"strings"
 	"sync"
 
@@ -48,8 +49,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	var member chat.Member
 	opts := h.opts
 	if h.User != "" {
-		member.Nick = chat.CleanUser(repl.ReplaceAll(h.User, ""))
-		opts.nickLocked = member.Nick != ""
+		// An empty result is no user at all: the client may choose a nick,
+		// which never travels as `user`.
+		member.User = chat.CleanUser(repl.ReplaceAll(h.User, ""))
+		member.Nick = member.User
+		opts.nickLocked = member.User != ""
 	}
 
 	ws, err := h.upgrader.Upgrade(hijacker{w, &h.hub.writeBufs}, r, nil)
@@ -61,6 +65,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	ws.SetReadLimit(h.MaxMessageSize)
 	c := newConn(ws, h.hub, roomName, member, opts, h.logger)
+	c.via = h.ref
 	// The connection runs on a goroutine of its own and ServeHTTP returns,
 	// so that the HTTP server frees what it holds per request (its buffers,
 	// the request, a deep stack): an idle member costs a few KiB instead of
@@ -104,17 +109,36 @@ func (h *Handler) originAllowed(r *http.Request) bool {
 	if len(h.origins) > 0 {
 		return h.origins[strings.ToLower(origin)]
 	}
-	return sameOrigin(origin, r.Host)
+	return sameOrigin(origin, r)
 }
 
-// sameOrigin reports whether origin names host, as gorilla's default check
-// does.
-func sameOrigin(origin, host string) bool {
-	_, rest, ok := strings.Cut(origin, "://")
-	if !ok {
+// sameOrigin reports whether origin is the request's own origin: scheme
+// (https for a TLS request, http otherwise), host and port all match, so
+// that a page served over plain HTTP, or under another scheme, cannot open
+// the chat of its https twin. Default ports are implied on both sides.
+func sameOrigin(origin string, r *http.Request) bool {
+	scheme := "http"
+	if r.TLS != nil {
+		scheme = "https"
+	}
+	u, err := url.Parse(origin)
+	if err != nil || !strings.EqualFold(u.Scheme, scheme) || u.Host == "" || u.User != nil || u.Path != "" || u.RawQuery != "" || u.Fragment != "" {
 		return false
 	}
-	return strings.EqualFold(rest, host)
+	return strings.EqualFold(withPort(u.Host, scheme), withPort(r.Host, scheme))
+}
+
+// withPort returns host with the scheme's default port added when it has
+// none.
+func withPort(host, scheme string) string {
+	if _, _, err := net.SplitHostPort(host); err == nil {
+		return host
+	}
+	port := "80"
+	if scheme == "https" {
+		port = "443"
+	}
+	return net.JoinHostPort(strings.TrimSuffix(strings.TrimPrefix(host, "["), "]"), port)
 }
 
 // hijacker gives gorilla the http.Hijacker it asserts: since Caddy v2.11.5

@@ -33,6 +33,8 @@ type hub struct {
 	pollOnce sync.Once
 	poll     *poller // parked connections' reads; nil where unavailable
 
+	handlers handlerSet // the handlers using this hub (reload.go)
+
 	mu     sync.Mutex
 	rooms  map[string]*room
 	closed bool
@@ -101,6 +103,10 @@ func (h *hub) join(ctx context.Context, c *conn) error {
 			r.mu.Unlock()
 			continue
 		}
+		if refusedVia(c) {
+			r.mu.Unlock()
+			return errHandlerGone
+		}
 		c.room = r
 		c.index = len(r.members)
 		r.members = append(r.members, c)
@@ -111,7 +117,7 @@ func (h *hub) join(ctx context.Context, c *conn) error {
 				c.sendFrame(encodeFrame(ev))
 			}
 		}
-		h.publish(r, &chat.Event{Kind: chat.KindJoin, ID: c.member.ID, Nick: c.member.Nick}, c)
+		h.publish(r, chat.NewPresence(chat.KindJoin, c.member), c)
 		r.mu.Unlock()
 		h.metrics.connections.Inc()
 		return nil
@@ -151,7 +157,7 @@ func (h *hub) leave(c *conn) {
 	r.members[last] = nil
 	r.members = r.members[:last]
 	c.index = -1
-	h.publish(r, &chat.Event{Kind: chat.KindLeave, ID: c.member.ID, Nick: c.member.Nick}, nil)
+	h.publish(r, chat.NewPresence(chat.KindLeave, c.member), nil)
 	empty := len(r.members) == 0
 	if empty {
 		r.dead = true
@@ -184,7 +190,7 @@ func (h *hub) rename(c *conn, nick string) {
 		return
 	}
 	c.member.Nick = nick
-	h.publish(r, &chat.Event{Kind: chat.KindNick, ID: c.member.ID, Nick: nick}, c)
+	h.publish(r, chat.NewPresence(chat.KindNick, c.member), c)
 }
 
 // publish fans ev out to the local members of r except the sender and hands

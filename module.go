@@ -92,6 +92,7 @@ type Handler struct {
 
 	hub      *hub
 	hubKey   string
+	ref      *handlerRef
 	metrics  *metrics
 	logger   *zap.Logger
 	upgrader websocket.Upgrader
@@ -141,6 +142,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("starting chat registry: %w", err)
 	}
 	h.hub.reg.KeepHistory(h.History)
+	mods := ctx.Modules()
+	if len(mods) > 0 && any(mods[len(mods)-1]) == any(h) {
+		mods = mods[:len(mods)-1] // the modules around h, outermost first
+	}
+	h.ref = h.hub.attach(func() string { return handlerLocation(mods, h) })
 
 	h.origins = make(map[string]bool, len(h.Origins))
 	for _, o := range h.Origins {
@@ -260,7 +266,9 @@ func checkOrigin(o string) error {
 // key share one hub, and so one set of rooms.
 func (h *Handler) registryKey() string {
 	if len(h.Memcached) == 0 {
-		return "chatroom.hub.embedded"
+		// The prefix separates embedded hubs too, so that it separates
+		// rooms whichever the registry.
+		return "chatroom.hub.embedded|" + h.Prefix
 	}
 	return fmt.Sprintf("chatroom.hub.memcached|%s|%s|%s", strings.Join(h.Memcached, ","), h.Prefix, time.Duration(h.TTL))
 }
@@ -281,6 +289,9 @@ func (h *Handler) newRegistry() (Registry, error) {
 // closes its clients and deregisters the instance.
 func (h *Handler) Cleanup() error {
 	if h.hub != nil {
+		if h.ref != nil {
+			h.hub.detach(h.ref)
+		}
 		if _, err := pool.Delete(h.hubKey); err != nil {
 			return fmt.Errorf("releasing chat hub: %w", err)
 		}

@@ -25,6 +25,9 @@ type (
 		Msg      string `json:"msg"`
 		MsgTime  string `json:"msg_time"`
 		FromNick string `json:"from_nick,omitempty"`
+		// FromUser is set only by the handler's `user` template, never by
+		// a nick the sender chose.
+		FromUser string `json:"from_user,omitempty"`
 	}
 	welcomeFrame struct {
 		Msg       string `json:"msg"`
@@ -32,6 +35,7 @@ type (
 		ID        string `json:"id"`
 		Room      string `json:"room"`
 		Nick      string `json:"nick,omitempty"`
+		User      string `json:"user,omitempty"`
 	}
 	onlineFrame struct {
 		Msg       string        `json:"msg"`
@@ -45,6 +49,7 @@ type (
 		Event     string `json:"event"`
 		ID        string `json:"id"`
 		Nick      string `json:"nick,omitempty"`
+		User      string `json:"user,omitempty"`
 	}
 	errorFrame struct {
 		Msg       string `json:"msg"`
@@ -59,33 +64,41 @@ const sourceServer = "server"
 func encodeFrame(ev *chat.Event) []byte {
 	switch ev.Kind {
 	case chat.KindChat:
-		return mustMarshal(chatFrame{FromID: ev.ID, Msg: ev.Msg, MsgTime: ev.Time, FromNick: ev.Nick})
+		return mustMarshal(chatFrame{FromID: ev.ID, Msg: ev.Msg, MsgTime: ev.Time, FromNick: ev.Nick, FromUser: ev.User})
 	case chat.KindJoin, chat.KindLeave, chat.KindNick:
-		return mustMarshal(presenceFrame{Msg: presenceText(ev), MsgSource: sourceServer, Event: ev.Kind, ID: ev.ID, Nick: ev.Nick})
+		return mustMarshal(presenceFrame{Msg: presenceText(ev), MsgSource: sourceServer, Event: ev.Kind, ID: ev.ID, Nick: ev.Nick, User: ev.User})
 	}
 	return nil
 }
 
+// presenceText is the readable msg of a presence frame. Names are quoted
+// (with Go's escaping) so that no name reads as server text: a nick such as
+// `bob" left, "eve` cannot forge a second event in the line.
 func presenceText(ev *chat.Event) string {
-	name := ev.ID
 	switch ev.Kind {
 	case chat.KindJoin:
-		if ev.Nick != "" {
-			name = ev.Nick + " (" + ev.ID + ")"
-		}
-		return name + " joined"
+		return presenceWho(ev) + " joined"
 	case chat.KindLeave:
-		if ev.Nick != "" {
-			name = ev.Nick + " (" + ev.ID + ")"
-		}
-		return name + " left"
+		return presenceWho(ev) + " left"
 	default:
-		return ev.ID + " is now " + ev.Nick
+		return ev.ID + " is now " + strconv.Quote(ev.Nick)
 	}
 }
 
+// presenceWho names the member of a presence event: its id, and its name
+// marked as authenticated or chosen.
+func presenceWho(ev *chat.Event) string {
+	switch {
+	case ev.User != "":
+		return ev.ID + " (user " + strconv.Quote(ev.User) + ")"
+	case ev.Nick != "":
+		return ev.ID + " (" + strconv.Quote(ev.Nick) + ")"
+	}
+	return ev.ID
+}
+
 func welcomeMessage(m chat.Member, room string) []byte {
-	return mustMarshal(welcomeFrame{Msg: "you are login as " + m.ID + " id", MsgSource: sourceServer, ID: m.ID, Room: room, Nick: m.Nick})
+	return mustMarshal(welcomeFrame{Msg: "you are login as " + m.ID + " id", MsgSource: sourceServer, ID: m.ID, Room: room, Nick: m.Nick, User: m.User})
 }
 
 func onlineMessage(members []chat.Member) []byte {

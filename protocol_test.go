@@ -120,7 +120,19 @@ func TestServerFrames(t *testing.T) {
 	check("leave", encodeFrame(&chat.Event{Kind: chat.KindLeave, ID: "23", Nick: "al"}), map[string]any{
 		"msg_source": "server", "event": "leave", "id": "23", "nick": "al"})
 	check("nick", encodeFrame(&chat.Event{Kind: chat.KindNick, ID: "23", Nick: "al"}), map[string]any{
-		"msg": "23 is now al", "msg_source": "server", "event": "nick", "id": "23", "nick": "al"})
+		"msg": `23 is now "al"`, "msg_source": "server", "event": "nick", "id": "23", "nick": "al", "user": nil})
+	// A name cannot read as server text: it is quoted, its quotes escaped.
+	check("forged text", encodeFrame(&chat.Event{Kind: chat.KindLeave, ID: "23", Nick: `x" left, 7 ("y`}), map[string]any{
+		"msg": `23 ("x\" left, 7 (\"y") left`})
+	// Authenticated names travel as user / from_user, marked in the text.
+	authed := chat.Member{ID: "23", Nick: "alice", User: "alice"}
+	check("user join", encodeFrame(chat.NewPresence(chat.KindJoin, authed)), map[string]any{
+		"msg": `23 (user "alice") joined`, "id": "23", "nick": "alice", "user": "alice"})
+	check("user chat", encodeFrame(chat.NewChat(authed, "hi", now)), map[string]any{"from_nick": "alice", "from_user": "alice"})
+	check("nick chat", encodeFrame(chat.NewChat(chat.Member{ID: "12", Nick: "alice"}, "hi", now)), map[string]any{"from_nick": "alice", "from_user": nil})
+	check("user welcome", welcomeMessage(authed, "lobby"), map[string]any{"nick": "alice", "user": "alice"})
+	check("user online", onlineMessage([]chat.Member{authed, {ID: "24", Nick: "alice"}}), map[string]any{
+		"online": []any{map[string]any{"id": "23", "nick": "alice", "user": "alice"}, map[string]any{"id": "24", "nick": "alice"}}})
 	check("error", errorMessage(ErrCodeRateLimited, "slow down"), map[string]any{
 		"msg": "slow down", "msg_source": "server", "error": "rate_limited"})
 }

@@ -61,8 +61,12 @@ function uniqueRoom(name) {
 
 // openChat opens the page in a fresh browser context (its own storage, as a
 // different person would have) and waits until it is connected.
-async function openChat(room, { width = 760, height = 560 } = {}) {
+async function openChat(room, { width = 760, height = 560, user = '' } = {}) {
   const context = await browser.newContext({ viewport: { width, height } });
+  if (user) {
+    // The test site takes `user` from this cookie (see browser_test.go).
+    await context.addCookies([{ name: 'chatuser', value: user, url: BASE }]);
+  }
   const page = await context.newPage();
   const problems = [];
   page.on('pageerror', (err) => problems.push(`page error: ${err.message}`));
@@ -115,6 +119,7 @@ async function awaitMessage(page, text, timeout = WAIT) {
             id: li.querySelector('.id')?.textContent ?? '',
             mine: li.classList.contains('mine'),
             time: li.querySelector('time')?.textContent ?? '',
+            verified: li.querySelector('.meta .verified')?.getAttribute('aria-label') ?? '',
           };
         }
       }
@@ -147,6 +152,7 @@ async function awaitOnline(page, ids) {
         return {
           count: document.getElementById('online-count').textContent,
           names: Object.fromEntries(items.map((li) => [li.dataset.id, li.querySelector('.name').textContent])),
+          verified: Object.fromEntries(items.map((li) => [li.dataset.id, li.querySelector('.verified')?.getAttribute('aria-label') ?? ''])),
         };
       },
       ids,
@@ -280,6 +286,42 @@ test('a nickname shows at the other side', { timeout: TEST_TIMEOUT }, async () =
   } finally {
     await a.context.close();
     await b.context.close();
+  }
+});
+
+test('authenticated names are marked apart from chosen nicks', { timeout: TEST_TIMEOUT }, async () => {
+  const room = uniqueRoom('verified');
+  const real = await openChat(room, { user: 'Alice' });
+  const fake = await openChat(room);
+  const viewer = await openChat(room);
+  try {
+    const ids = [real.id, fake.id, viewer.id];
+    await setNick(fake.page, 'Alice');
+    await awaitNotice(viewer.page, `#${fake.id} is now Alice`);
+    const online = await awaitOnline(viewer.page, ids);
+    assert.equal(online.names[real.id], 'Alice');
+    assert.equal(online.names[fake.id], 'Alice');
+    assert.equal(online.verified[real.id], 'verified name', 'the authenticated Alice is marked');
+    assert.equal(online.verified[fake.id], '', 'the chosen Alice is not');
+
+    await send(real.page, 'the real one');
+    await send(fake.page, 'the other one');
+    const fromReal = await awaitMessage(viewer.page, 'the real one');
+    const fromFake = await awaitMessage(viewer.page, 'the other one');
+    assert.equal(fromReal.from, 'Alice');
+    assert.equal(fromReal.verified, 'verified name', "the authenticated Alice's message is marked");
+    assert.equal(fromFake.from, 'Alice');
+    assert.equal(fromFake.verified, '', "the chosen Alice's message is not");
+
+    // The authenticated page sees its own name marked, and cannot change it.
+    const own = await awaitOnline(real.page, ids);
+    assert.equal(own.verified[real.id], 'verified name');
+    assert.equal(await real.page.getByLabel('Your name').isEditable(), false);
+    assertNoProblems(real, fake, viewer);
+  } finally {
+    await real.context.close();
+    await fake.context.close();
+    await viewer.context.close();
   }
 });
 

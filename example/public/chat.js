@@ -11,7 +11,9 @@
   const DEFAULT_ROOM = 'lobby';
   const ROOM_PATTERN = /^[A-Za-z0-9._-]{1,64}$/;
   const MAX_NICK = 32;
-  const CONTROL_CHARS = /[\u0000-\u001f\u007f-\u009f]/;
+  // The server's name rule: no control, format (bidirectional overrides,
+  // zero-width characters), line or paragraph separator characters.
+  const CONTROL_CHARS = /[\p{Cc}\p{Cf}\u2028\u2029]/u;
   // Reconnect delays grow from RETRY_BASE_MS to RETRY_MAX_MS; each one is
   // drawn from the upper half of its step, so that a room full of pages
   // does not come back in lockstep when the server restarts.
@@ -57,6 +59,9 @@
   let myNick = storageGet(NICK_STORAGE_KEY);
   let nickLocked = false;
   const members = new Map(); // id -> nick ('' when unnamed), in arrival order
+  // Ids whose name the server vouches for (the `user` setting): shown with
+  // a check mark, apart from names people chose for themselves.
+  const verified = new Set();
   // Keys of the chat messages already shown, so that the history a server
   // replays after a reconnect is not shown twice.
   const seen = new Set();
@@ -209,10 +214,12 @@
     open = true;
     myId = id;
     ui.myId.textContent = id ? '#' + id : 'connected';
-    const serverNick = text(frame.nick);
+    const serverNick = text(frame.user) || text(frame.nick);
+    verified.clear();
     if (serverNick) {
       // The server names us (the `user` setting): the name is not ours to change.
       myNick = serverNick;
+      if (text(frame.user) && id) verified.add(id);
       lockNick();
     } else if (myNick && !nickLocked) {
       send({ nick: myNick });
@@ -249,9 +256,13 @@
     if (!Array.isArray(frame.online)) return;
     members.clear();
     if (myId) members.set(myId, myNick);
+    for (const id of [...verified]) if (id !== myId) verified.delete(id);
     for (const m of frame.online) {
       const id = m && text(m.id);
-      if (id && id !== myId) members.set(id, text(m.nick));
+      if (!id || id === myId) continue;
+      const user = text(m.user);
+      members.set(id, user || text(m.nick));
+      if (user) verified.add(id);
     }
     renderPeople();
   }
@@ -259,17 +270,22 @@
   function onPresence(frame) {
     const id = text(frame.id);
     if (!id || id === myId) return;
-    const nick = text(frame.nick);
+    const user = text(frame.user);
+    const nick = user || text(frame.nick);
     if (frame.event === 'join') {
       members.set(id, nick);
+      if (user) verified.add(id);
       addNotice(displayName(id, nick) + ' joined');
     } else if (frame.event === 'leave') {
       const name = displayName(id, nick || members.get(id));
       members.delete(id);
+      verified.delete(id);
       addNotice(name + ' left');
     } else {
       const before = displayName(id, members.get(id));
       members.set(id, nick);
+      if (user) verified.add(id);
+      else verified.delete(id);
       addNotice(before + ' is now ' + displayName(id, nick));
     }
     renderPeople();
@@ -288,8 +304,9 @@
       replaying = false;
     }
     remember(key);
-    const nick = text(frame.from_nick) || (members.has(id) ? members.get(id) : '');
-    addMessage({ id, nick, msg, date: parseTime(time), mine: false });
+    const user = text(frame.from_user);
+    const nick = user || text(frame.from_nick) || (members.has(id) ? members.get(id) : '');
+    addMessage({ id, nick, verified: user !== '', msg, date: parseTime(time), mine: false });
     if (document.hidden) {
       unread++;
       document.title = '(' + unread + ') ' + baseTitle;
@@ -343,7 +360,7 @@
     }
     // The server does not echo our own messages: show them as sent.
     remember('out|' + myId + '|' + msg);
-    addMessage({ id: myId, nick: myNick, msg, date: new Date(), mine: true });
+    addMessage({ id: myId, nick: myNick, verified: verified.has(myId), msg, date: new Date(), mine: true });
     ui.msgInput.value = '';
     ui.msgInput.focus();
   });
@@ -379,7 +396,7 @@
   function nickProblem(nick) {
     if (!nick) return 'Type a name first.';
     if ([...nick].length > MAX_NICK) return 'At most ' + MAX_NICK + ' characters.';
-    if (CONTROL_CHARS.test(nick)) return 'No control characters, please.';
+    if (CONTROL_CHARS.test(nick)) return 'No control or invisible formatting characters, please.';
     return '';
   }
 
@@ -430,6 +447,8 @@
       name.className = 'name';
       name.textContent = nick || '#' + id;
       li.append(name);
+      if (verified.has(id)) li.append(verifiedMark());
+      else if (nick) name.title = 'a name chosen by this person, not verified';
       if (nick) li.append(tag('#' + id, 'id'));
       if (id === myId) {
         li.classList.add('self');
@@ -439,6 +458,16 @@
     }
     ui.list.replaceChildren(...items);
     ui.count.textContent = String(members.size);
+  }
+
+  // verifiedMark marks a name the server vouches for (the `user` setting),
+  // so that a chosen nick of the same spelling cannot pass for it.
+  function verifiedMark() {
+    const mark = tag('✓', 'verified');
+    mark.setAttribute('role', 'img');
+    mark.setAttribute('aria-label', 'verified name');
+    mark.title = 'verified: this name was set by the server, not chosen';
+    return mark;
   }
 
   function tag(text, className) {
@@ -459,7 +488,7 @@
     return t;
   }
 
-  function addMessage({ id, nick, msg, date, mine }) {
+  function addMessage({ id, nick, verified: isVerified, msg, date, mine }) {
     const li = document.createElement('li');
     li.className = mine ? 'msg mine' : 'msg';
     li.style.setProperty('--hue', hue(id || '?'));
@@ -469,6 +498,7 @@
     who.className = 'from';
     who.textContent = mine ? 'You' : nick || '#' + id;
     meta.append(who);
+    if (isVerified) meta.append(verifiedMark());
     if (!mine && nick && id) meta.append(tag('#' + id, 'id'));
     meta.append(timeElement(date));
     const body = document.createElement('p');

@@ -33,13 +33,15 @@ func CleanName(s string) (string, error) {
 	}
 	s = strings.TrimSpace(norm.NFC.String(s))
 	n := utf8.RuneCountInString(s)
+	bad := strings.IndexFunc(s, forbiddenInName)
 	switch {
 	case n == 0:
 		return "", ErrNameEmpty
 	case n > MaxNameRunes:
 		return "", ErrNameTooLong
-	case strings.IndexFunc(s, forbiddenInName) >= 0:
-		return "", ErrNameForbidden
+	case bad >= 0:
+		r, _ := utf8.DecodeRuneInString(s[bad:])
+		return "", fmt.Errorf("%w (found U+%04X)", ErrNameForbidden, r)
 	case strings.IndexFunc(s, visible) < 0:
 		return "", ErrNameInvisible
 	}

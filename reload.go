@@ -1,0 +1,142 @@
+package chatroom
+
+import (
+	"errors"
+	"sync"
+	"sync/atomic"
+
+	"github.com/gorilla/websocket"
+)
+
+// A hub outlives reloads and may serve several handlers. A handler's
+// clients stay open across a reload when the new config has the same
+// handler (at the same location, see location.go) on the same hub. A
+// handler whose registry settings changed is on another hub in the new
+// config: it closes its own clients with 1001, even while another handler
+// keeps the old hub alive, so that they reconnect into the new registry and
+// no room is silently split between the two.
+
+// dropReload is the metrics reason of a client closed because the handler
+// it came through is gone from the config.
+const dropReload = "reload"
+
+// errHandlerGone refuses a connection whose handler left the config while
+// it was joining.
+var errHandlerGone = errors.New("chat settings changed; reconnect")
+
+// handlerRef stands for one provisioned handler in its hub; each connection
+// points at the one it came through.
+type handlerRef struct {
+	seq    uint64        // order of provisioning within the hub
+	locate func() string // the handler's location, once its config is whole
+
+	located  bool // guarded by the hub's handlerSet.mu
+	location string
+
+	// next is the handler of a newer config with the same settings that
+	// took this one's connections over; gone is set when none did.
+	next atomic.Pointer[handlerRef]
+	gone atomic.Bool
+}
+
+// current follows the takeovers to the handler that now holds the
+// connections of r. The chain grows by one per reload at most.
+func (r *handlerRef) current() *handlerRef {
+	for {
+		n := r.next.Load()
+		if n == nil {
+			return r
+		}
+		r = n
+	}
+}
+
+// handlerSet is the list of handlers that use a hub.
+type handlerSet struct {
+	mu   sync.Mutex
+	list []*handlerRef
+	seq  uint64
+}
+
+// attach records a handler as a user of h; locate tells where it is in its
+// config, once the config is provisioned.
+func (h *hub) attach(locate func() string) *handlerRef {
+	s := &h.handlers
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.seq++
+	ref := &handlerRef{locate: locate, seq: s.seq}
+	s.list = append(s.list, ref)
+	return ref
+}
+
+// detach removes a handler that is being cleaned up. Caddy provisions a
+// new config before it cleans up the old one, so the same handler of the
+// new config is attached already when there is one: the connections pass
+// to it. Otherwise they are closed with 1001, unless no handler uses the hub
+// any more: then the hub itself shuts down and closes them all.
+func (h *hub) detach(ref *handlerRef) {
+	s := &h.handlers
+	s.mu.Lock()
+	var successor *handlerRef
+	for i := 0; i < len(s.list); i++ {
+		other := s.list[i]
+		if other == ref {
+			s.list = append(s.list[:i], s.list[i+1:]...)
+			i--
+			continue
+		}
+		if other.seq > ref.seq && successor == nil && s.locationOf(other) == s.locationOf(ref) {
+			successor = other
+		}
+	}
+	last := len(s.list) == 0
+	s.mu.Unlock()
+	switch {
+	case successor != nil:
+		ref.next.Store(successor)
+	case !last:
+		ref.gone.Store(true)
+		h.closeVia(ref)
+	}
+}
+
+// locationOf returns the location of r, found once. The caller holds s.mu.
+func (s *handlerSet) locationOf(r *handlerRef) string {
+	if !r.located {
+		r.location, r.located = r.locate(), true
+	}
+	return r.location
+}
+
+// closeVia closes, with 1001, every connection that came through ref. A
+// connection joining at the same time sees ref gone (see refusedVia).
+func (h *hub) closeVia(ref *handlerRef) {
+	h.mu.Lock()
+	rooms := make([]*room, 0, len(h.rooms))
+	for _, r := range h.rooms {
+		rooms = append(rooms, r)
+	}
+	h.mu.Unlock()
+	var conns []*conn
+	for _, r := range rooms {
+		r.mu.Lock()
+		for _, c := range r.members {
+			if c.via != nil && c.via.current() == ref {
+				conns = append(conns, c)
+			}
+		}
+		r.mu.Unlock()
+	}
+	for _, c := range conns {
+		go c.closeWith(websocket.CloseGoingAway, errHandlerGone.Error(), dropReload)
+	}
+}
+
+// refusedVia reports whether c came through a handler that has left the
+// config. The caller holds the lock of the room c joins, which closeVia
+// takes after marking the handler gone: c is either refused here or found
+// there.
+func refusedVia(c *conn) bool {
+	return c.via != nil && c.via.current().gone.Load()
+}
