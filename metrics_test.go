@@ -1,11 +1,9 @@
 package chatroom
 
 import (
-	"bufio"
 	"fmt"
 	"io"
 	"net/http"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -32,36 +30,9 @@ func seriesDropped(reason string) string {
 // series text (name plus labels, as printed).
 func (p *caddyProc) metrics() map[string]float64 {
 	p.t.Helper()
-	client := http.Client{Timeout: waitLong}
-	resp, err := client.Get("http://" + p.Admin + "/metrics")
+	samples, err := p.c.Metrics()
 	if err != nil {
-		p.t.Fatalf("reading /metrics: %v", err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		body, _ := io.ReadAll(resp.Body)
-		p.t.Fatalf("reading /metrics: %s: %s", resp.Status, body)
-	}
-	samples := make(map[string]float64)
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if line == "" || line[0] == '#' {
-			continue
-		}
-		i := strings.LastIndexByte(line, ' ')
-		if i < 0 {
-			continue
-		}
-		v, err := strconv.ParseFloat(line[i+1:], 64)
-		if err != nil {
-			continue
-		}
-		samples[line[:i]] = v
-	}
-	if err := sc.Err(); err != nil {
-		p.t.Fatalf("reading /metrics: %v", err)
+		p.t.Fatal(err)
 	}
 	return samples
 }
