@@ -28,11 +28,6 @@ type hub struct {
 
 	open atomic.Int64 // connections, for max_connections
 
-	writeBufs bufPool // batch buffers shared by the connections' writers
-
-	pollOnce sync.Once
-	poll     *poller // parked connections' reads; nil where unavailable
-
 	mu     sync.Mutex
 	rooms  map[string]*room
 	closed bool
@@ -68,6 +63,10 @@ func (h *hub) reserve(limit int) bool {
 
 // release gives a slot back.
 func (h *hub) release() { h.open.Add(-1) }
+
+// keepHistory asks the registry to keep the last n chat messages of every
+// room.
+func (h *hub) keepHistory(n int) { h.reg.KeepHistory(n) }
 
 // start starts the registry once, on the first connection, so that a config
 // that is only validated never registers this instance anywhere.
@@ -305,25 +304,9 @@ func (r *room) broadcast(frame []byte, except *conn) {
 	}
 }
 
-// readPoller returns the poller that parked connections wait on, starting
-// it on first use; nil when the system has none (connections then keep a
-// reader goroutine).
-func (h *hub) readPoller() *poller {
-	h.pollOnce.Do(func() {
-		p, err := newPoller()
-		if err != nil {
-			h.logger.Debug("no poller for idle connections", zap.Error(err))
-			return
-		}
-		h.poll = p
-	})
-	return h.poll
-}
-
 // shutdown closes every connection with 1001 Going Away, waiting at most
 // for timeout, and refuses new ones.
 func (h *hub) shutdown(timeout time.Duration) {
-	defer h.stopPoller()
 	h.mu.Lock()
 	h.closed = true
 	var conns []*conn
@@ -348,14 +331,5 @@ func (h *hub) shutdown(timeout time.Duration) {
 	case <-done:
 	case <-time.After(timeout):
 		h.logger.Warn("connections did not close in time", zap.Int("connections", len(conns)), zap.Duration("timeout", timeout))
-	}
-}
-
-// stopPoller stops the poller once the connections are closed: a parked
-// connection is torn down by whoever closes it, not by the poller.
-func (h *hub) stopPoller() {
-	h.pollOnce.Do(func() {}) // no poller may start after this
-	if h.poll != nil {
-		h.poll.stop()
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/caddy-chatroom/chatroom/internal/wsio"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/gorilla/websocket"
@@ -90,14 +91,15 @@ type Handler struct {
 	// while it runs. Default: 30s.
 	TTL caddy.Duration `json:"ttl,omitempty"`
 
-	hub      *hub
-	hubKey   string
-	metrics  *metrics
-	logger   *zap.Logger
-	upgrader websocket.Upgrader
-	opts     connOptions
-	origins  map[string]bool
-	anyOrig  bool
+	hub       *hub
+	transport *wsio.Transport // the sockets of the hub's connections
+	hubKey    string
+	metrics   *metrics
+	logger    *zap.Logger
+	upgrader  websocket.Upgrader
+	opts      connOptions
+	origins   map[string]bool
+	anyOrig   bool
 }
 
 // RateLimit is a number of chat messages per interval.
@@ -135,12 +137,12 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 
 	h.hubKey = h.registryKey()
-	h.hub, err = loadHub(h.hubKey, m, h.logger, h.newRegistry)
+	h.hub, h.transport, err = loadHub(h.hubKey, m, h.logger, h.newRegistry)
 	if err != nil {
 		_, _ = pool.Delete(metricsKey)
 		return fmt.Errorf("starting chat registry: %w", err)
 	}
-	h.hub.reg.KeepHistory(h.History)
+	h.hub.keepHistory(h.History)
 
 	h.origins = make(map[string]bool, len(h.Origins))
 	for _, o := range h.Origins {
@@ -149,7 +151,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		}
 		h.origins[strings.ToLower(o)] = true
 	}
-	h.upgrader = newUpgrader()
+	h.upgrader = wsio.NewUpgrader()
 	h.opts = connOptions{
 		history:      h.History,
 		sendQueue:    h.SendQueue + h.History + 2, // a joiner's burst (welcome, online list, history) is not slowness
