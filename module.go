@@ -139,7 +139,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.hubKey = h.registryKey()
 	h.hub, h.transport, err = loadHub(h.hubKey, m, h.logger, h.newRegistry)
 	if err != nil {
-		_, _ = pool.Delete(metricsKey)
+		// The metrics are released by Cleanup, which Caddy calls after a
+		// failed Provision too: releasing them here as well would drop a
+		// reference that another config holds.
 		return fmt.Errorf("starting chat registry: %w", err)
 	}
 	h.hub.keepHistory(h.History)
