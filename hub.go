@@ -14,6 +14,23 @@ import (
 	"go.uber.org/zap"
 )
 
+// Lock order. A goroutine that holds one of these locks may take only
+// those below it:
+//
+//  1. hub.mu: the room map (and closed).
+//  2. room.mu: a room's members; it orders every event of the room.
+//  3. The registry's locks (embeddedRegistry.mu, memcachedRegistry.mu and
+//     its rooms' locks): the hub calls Publish, History, RemoteMembers and
+//     DeliverWith's update under room.mu, and update under hub.mu when the
+//     room has no members. So a registry never calls the Host (Deliver,
+//     DeliverWith, LocalMembers) while it holds a lock of its own.
+//  4. Leaves, which call nothing while held: the id allocator's
+//     (idAllocator.mu), the memcached client's (mcClient.mu).
+//
+// conn.mu is taken under room.mu (a member's send queue) and never held
+// while taking any lock above; a writer or closer drops it before it
+// writes. The transport's locks (internal/wsio: batchConn.mu, the
+// poller's) are leaves: the poller wakes a connection with none held.
 // hub holds the rooms of this instance and fans every event out to their
 // local members. One hub serves every handler that shares a registry
 // configuration, and it outlives config reloads (see pool.go), so that a
@@ -304,6 +321,10 @@ func (r *room) broadcast(frame []byte, except *conn) {
 	}
 }
 
+// shutdownClosers bounds the goroutines that close connections at
+// shutdown.
+const shutdownClosers = 64
+
 // shutdown closes every connection with 1001 Going Away, waiting at most
 // for timeout, and refuses new ones.
 func (h *hub) shutdown(timeout time.Duration) {
@@ -317,12 +338,22 @@ func (h *hub) shutdown(timeout time.Duration) {
 	}
 	h.mu.Unlock()
 
-	var wg sync.WaitGroup
+	// A few closers in parallel: a close waits up to closeWait on a client
+	// that does not read, but a goroutine per connection would start
+	// thousands at once.
+	work := make(chan *conn, len(conns))
 	for _, c := range conns {
+		work <- c
+	}
+	close(work)
+	var wg sync.WaitGroup
+	for range min(len(conns), shutdownClosers) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			c.closeWith(websocket.CloseGoingAway, "server shutting down", "shutdown")
+			for c := range work {
+				c.closeWith(websocket.CloseGoingAway, "server shutting down", "shutdown")
+			}
 		}()
 	}
 	done := make(chan struct{})
