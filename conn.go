@@ -101,6 +101,21 @@ func newConn(wc *wsio.Conn, h *hub, roomName string, member chat.Member, opts co
 	return c
 }
 
+// identify gives c its id. It runs before c is in a room, where other
+// goroutines may log through c.logger.
+func (c *conn) identify(id string) {
+	c.member.ID = id
+	// WithLazy: an encoder per connection only once it logs something.
+	c.logger = c.logger.WithLazy(zap.String("id", id), zap.String("room", c.roomName))
+}
+
+// placeAt records that c is at index i of r's members; -1 once it left.
+// The caller holds r.mu.
+func (c *conn) placeAt(r *room, i int) { c.room, c.index = r, i }
+
+// setNick changes c's display name. The caller holds c.room.mu.
+func (c *conn) setNick(nick string) { c.member.Nick = nick }
+
 // serve runs the connection until it ends: join, read loop, leave. ctx
 // bounds the registry calls made while joining and is not kept after.
 func (c *conn) serve(ctx context.Context) {

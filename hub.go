@@ -102,10 +102,7 @@ func (h *hub) join(ctx context.Context, c *conn) error {
 	if err := h.start(); err != nil {
 		return err
 	}
-	c.member.ID = h.reg.NewID(ctx)
-	// Set before c is in a room, where other goroutines may log through it.
-	// WithLazy: an encoder per connection only once it logs something.
-	c.logger = c.logger.WithLazy(zap.String("id", c.member.ID), zap.String("room", c.roomName))
+	c.identify(h.reg.NewID(ctx))
 	h.reg.Warm(ctx, c.roomName)
 	for {
 		r, err := h.room(c.roomName)
@@ -117,8 +114,7 @@ func (h *hub) join(ctx context.Context, c *conn) error {
 			r.mu.Unlock()
 			continue
 		}
-		c.room = r
-		c.index = len(r.members)
+		c.placeAt(r, len(r.members))
 		r.members = append(r.members, c)
 		c.sendFrame(welcomeMessage(c.member, r.name))
 		c.sendFrame(onlineMessage(h.online(r)))
@@ -163,10 +159,10 @@ func (h *hub) leave(c *conn) {
 	}
 	last := len(r.members) - 1
 	r.members[c.index] = r.members[last]
-	r.members[c.index].index = c.index
+	r.members[c.index].placeAt(r, c.index)
 	r.members[last] = nil
 	r.members = r.members[:last]
-	c.index = -1
+	c.placeAt(r, -1)
 	h.publish(r, &chat.Event{Kind: chat.KindLeave, ID: c.member.ID, Nick: c.member.Nick}, nil)
 	empty := len(r.members) == 0
 	if empty {
@@ -199,7 +195,7 @@ func (h *hub) rename(c *conn, nick string) {
 	if c.member.Nick == nick {
 		return
 	}
-	c.member.Nick = nick
+	c.setNick(nick)
 	h.publish(r, &chat.Event{Kind: chat.KindNick, ID: c.member.ID, Nick: nick}, c)
 }
 
