@@ -67,7 +67,7 @@ func (p *caddyProc) awaitMetric(series string, what string, ok func(float64) boo
 }
 
 // TestMetricsMoveAndSurviveReload reads the admin /metrics after traffic:
-// every metric of SPEC §5 is there, moves with traffic, has no per-room or
+// every metric the README lists is there, moves with traffic, has no per-room or
 // per-client label, and a reload does not reset it.
 func TestMetricsMoveAndSurviveReload(t *testing.T) {
 	body := func(tag string) string {

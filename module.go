@@ -20,7 +20,7 @@ func init() {
 	caddy.RegisterModule(Handler{})
 }
 
-// Defaults of the handler's settings (SPEC §1).
+// Defaults of the handler's settings (the README's Caddyfile table).
 const (
 	DefaultPrefix         = "chatroom:"
 	DefaultRoom           = "lobby"
