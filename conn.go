@@ -49,7 +49,7 @@ const (
 // while frames are queued, and the pings come from a timer. An idle member
 // costs this struct, gorilla's, and a small read buffer.
 type conn struct {
-	wc       *wsio.Conn      // the transport: writes, close, parking
+	wc       wsio.Conn       // the transport: writes, close, parking; never copied
 	ws       *websocket.Conn // wc's gorilla connection, for reading
 	hub      *hub
 	opts     connOptions
@@ -80,10 +80,9 @@ type conn struct {
 	// allocate a closure every time a writer starts.
 	writeLoopFn func()
 	readBurstFn func()
-	heardFn     func()
 }
 
-func newConn(wc *wsio.Conn, h *hub, roomName string, member chat.Member, opts connOptions, logger *zap.Logger) *conn {
+func newConn(wc wsio.Conn, h *hub, roomName string, member chat.Member, opts connOptions, logger *zap.Logger) *conn {
 	c := &conn{
 		wc:       wc,
 		ws:       wc.WS(),
@@ -96,7 +95,6 @@ func newConn(wc *wsio.Conn, h *hub, roomName string, member chat.Member, opts co
 	}
 	c.writeLoopFn = c.writeLoop
 	c.readBurstFn = c.readBurst
-	c.heardFn = c.heard
 	c.limiter = rate.NewLimiter(opts.rateLimit, opts.rateBurst)
 	return c
 }
@@ -134,7 +132,7 @@ func (c *conn) serve(ctx context.Context) {
 		return c.ws.SetReadDeadline(time.Now().Add(2 * c.opts.pingInterval))
 	})
 	c.startPinging()
-	c.wc.Watch(c.unpark)
+	c.wc.Watch(c)
 	c.readBurst()
 }
 

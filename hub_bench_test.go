@@ -52,7 +52,7 @@ func newBenchRoom(b *testing.B, n int) *benchRoom {
 	b.Cleanup(tr.Close)
 	upgrader := wsio.NewUpgrader()
 	opts := connOptions{sendQueue: 1 << 16, pingInterval: time.Hour, rateLimit: 1e9, rateBurst: 1e9}
-	accepted := make(chan *wsio.Conn, 1)
+	accepted := make(chan wsio.Conn, 1)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)
@@ -74,7 +74,7 @@ func newBenchRoom(b *testing.B, n int) *benchRoom {
 		if err != nil {
 			b.Fatalf("dialing member %d: %v", i, err)
 		}
-		var wc *wsio.Conn
+		var wc wsio.Conn
 		select {
 		case wc = <-accepted:
 		case <-time.After(10 * time.Second):

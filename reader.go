@@ -38,7 +38,8 @@ func (c *conn) readFrame() error {
 	_ = c.ws.SetReadDeadline(time.Now().Add(2 * c.opts.pingInterval))
 	// A ping or pong between messages is consumed beside gorilla, so that
 	// a reader woken by one can park again (see internal/wsio).
-	if c.wc.ReadControl(c.heardFn) {
+	if c.wc.ReadControl() {
+		c.heard()
 		return nil
 	}
 	kind, data, err := c.ws.ReadMessage()
@@ -91,8 +92,9 @@ func (c *conn) park() bool {
 	return true
 }
 
-// unpark starts a reader for a parked connection that has input.
-func (c *conn) unpark() {
+// Wake implements wsio.Waker: it starts a reader for a parked connection
+// that has input.
+func (c *conn) Wake() {
 	c.mu.Lock()
 	if !c.parked {
 		c.mu.Unlock()

@@ -9,8 +9,8 @@ import (
 
 // Conn is one WebSocket connection of a Transport. Its writes are batched;
 // its reads go through gorilla (WS), and between messages it can park: Arm
-// asks for one call of the wake function given to Watch when the client
-// sends something, and the caller's reader may then exit.
+// asks for one call of the Waker given to Watch when the client sends
+// something, and the caller's reader may then exit.
 //
 // The read-side methods (ReadControl, Watch, Idle, Arm) are for the one
 // reader the owner runs at a time.
@@ -22,14 +22,20 @@ type Conn struct {
 
 	// The reader's: the poller registration.
 	poller    *poller
-	wake      func()
+	waker     Waker
 	pollID    int32
 	pollAdded bool
 	noPark    bool
 }
 
-func newConn(ws *websocket.Conn, t *Transport) *Conn {
-	c := &Conn{ws: ws, t: t}
+// Waker is told that a parked connection has input (or was closed).
+type Waker interface {
+	// Wake runs on the poller's goroutine: it must not block.
+	Wake()
+}
+
+func newConn(ws *websocket.Conn, t *Transport) Conn {
+	c := Conn{ws: ws, t: t}
 	c.out, _ = ws.NetConn().(*batchConn)
 	if c.out != nil {
 		c.br = readerOf(ws, c.out.br)
@@ -83,9 +89,9 @@ func (c *Conn) CloseWith(code int, text string) {
 func (c *Conn) Close() error { return c.ws.Close() }
 
 // Watch registers the connection with the transport's poller, with the
-// function Arm's event calls. It reports whether the connection can park:
+// Waker that Arm's event calls. It reports whether the connection can park:
 // false when there is no poller or gorilla's buffer is hidden.
-func (c *Conn) Watch(wake func()) bool {
+func (c *Conn) Watch(w Waker) bool {
 	if c.br == nil {
 		return false
 	}
@@ -93,7 +99,7 @@ func (c *Conn) Watch(wake func()) bool {
 	if c.poller == nil {
 		return false
 	}
-	c.wake = wake
+	c.waker = w
 	c.poller.add(c)
 	return true
 }
@@ -113,8 +119,8 @@ func (c *Conn) CanPark() bool { return c.poller != nil && c.br != nil && !c.noPa
 // buffer nor on the socket. Only then may the reader park.
 func (c *Conn) Idle() bool { return c.br != nil && c.br.Buffered() == 0 && !inputReady(c) }
 
-// Arm asks for one call of the wake function when the socket has input or
-// is closed. Once it returns nil the wake function may run at any moment,
+// Arm asks for one call of the Waker when the socket has input or is
+// closed. Once it returns nil the Waker may run at any moment,
 // on another goroutine: the caller's reader must exit. On an error parking
 // is off for good and the reader carries on.
 func (c *Conn) Arm() error {

@@ -8,12 +8,12 @@ import (
 )
 
 // ReadControl consumes a whole ping or pong frame at the head of the read
-// buffer, between messages, answering a ping, and reports whether it did;
-// heard runs when it finds one. gorilla's ReadMessage would handle it too,
+// buffer, between messages, answering a ping, and reports whether it did:
+// then the client was heard from. gorilla's ReadMessage would handle it too,
 // but then wait for a data frame, and a reader woken by a pong could not
 // park again. Anything else (a data frame, a partial or malformed control
 // frame) is left to gorilla, which reports it.
-func (c *Conn) ReadControl(heard func()) bool {
+func (c *Conn) ReadControl() bool {
 	if c.br == nil {
 		return false
 	}
@@ -34,7 +34,6 @@ func (c *Conn) ReadControl(heard func()) bool {
 	if err != nil {
 		return false
 	}
-	heard()
 	if op == websocket.PingMessage {
 		var payload [125]byte
 		mask := frame[2:6]

@@ -9,8 +9,8 @@ import (
 
 // poller watches parked connections for input with one epoll instance, so
 // that an idle connection needs no goroutine at all: its reader exits when
-// there is nothing to read, and the poller calls the connection's wake
-// function (which starts a new reader) when the client sends something (a
+// there is nothing to read, and the poller calls the connection's Waker
+// (which starts a new reader) when the client sends something (a
 // frame, a pong, or the end of the connection).
 //
 // Connections are registered with EPOLLONESHOT: one event per park, and
@@ -71,7 +71,7 @@ func (p *poller) run() {
 			c := p.conns[ev.Fd]
 			p.mu.Unlock()
 			if c != nil {
-				c.wake()
+				c.waker.Wake()
 			}
 		}
 	}

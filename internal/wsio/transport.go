@@ -54,11 +54,13 @@ func NewUpgrader() websocket.Upgrader {
 }
 
 // Upgrade upgrades the request to a WebSocket connection on a batchConn. On
-// an error the upgrader has answered the client already.
-func (t *Transport) Upgrade(u *websocket.Upgrader, w http.ResponseWriter, r *http.Request) (*Conn, error) {
+// an error the upgrader has answered the client already. The Conn is
+// returned by value so that its owner can hold it inside its own struct (one
+// allocation less per idle connection); it must not be copied once used.
+func (t *Transport) Upgrade(u *websocket.Upgrader, w http.ResponseWriter, r *http.Request) (Conn, error) {
 	ws, err := u.Upgrade(hijacker{w, &t.bufs}, r, nil)
 	if err != nil {
-		return nil, fmt.Errorf("websocket upgrade: %w", err)
+		return Conn{}, fmt.Errorf("websocket upgrade: %w", err)
 	}
 	return newConn(ws, t), nil
 }
