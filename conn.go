@@ -107,9 +107,13 @@ func (c *conn) identify(id string) {
 	c.logger = c.logger.WithLazy(zap.String("id", id), zap.String("room", c.roomName))
 }
 
-// placeAt records that c is at index i of r's members; -1 once it left.
-// The caller holds r.mu.
+// placeAt records that c joined r at index i of its members. The caller
+// holds r.mu. c.room is set once, here: it is read without a lock after.
 func (c *conn) placeAt(r *room, i int) { c.room, c.index = r, i }
+
+// moveTo records c's new index in its room's members; -1 once it left. The
+// caller holds c.room.mu.
+func (c *conn) moveTo(i int) { c.index = i }
 
 // setNick changes c's display name. The caller holds c.room.mu.
 func (c *conn) setNick(nick string) { c.member.Nick = nick }

@@ -159,10 +159,10 @@ func (h *hub) leave(c *conn) {
 	}
 	last := len(r.members) - 1
 	r.members[c.index] = r.members[last]
-	r.members[c.index].placeAt(r, c.index)
+	r.members[c.index].moveTo(c.index)
 	r.members[last] = nil
 	r.members = r.members[:last]
-	c.placeAt(r, -1)
+	c.moveTo(-1)
 	h.publish(r, &chat.Event{Kind: chat.KindLeave, ID: c.member.ID, Nick: c.member.Nick}, nil)
 	empty := len(r.members) == 0
 	if empty {
