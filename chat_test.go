@@ -1,8 +1,9 @@
 package chatroom
 
-// Integration tests of SPEC §2 (passthrough) and §3 (the chat protocol)
-// against a real Caddy process and real WebSocket clients. The refusals of
-// §2 and the rows of §4 are in faults_test.go.
+// Integration tests of the passthrough and of the chat protocol
+// (docs/protocol.md) against a real Caddy process and real WebSocket
+// clients. The refusals before the upgrade and the limits and faults of the
+// README are in faults_test.go.
 
 import (
 	"encoding/base64"

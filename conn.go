@@ -1,11 +1,11 @@
 package chatroom
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"github.com/caddy-chatroom/chatroom/internal/chat"
+	"github.com/caddy-chatroom/chatroom/internal/wsio"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -15,15 +15,8 @@ import (
 	"golang.org/x/time/rate"
 )
 
-// writeWait bounds one write to a client; a client that does not take a
-// frame within it is gone.
-const writeWait = 10 * time.Second
-
 // joinTimeout bounds the registry calls made while a connection joins.
 const joinTimeout = 5 * time.Second
-
-// closeWait bounds the write of a close frame.
-const closeWait = time.Second
 
 // connOptions are the per-connection settings of the handler that accepted
 // the connection. A reload changes them for new connections only.
@@ -56,8 +49,8 @@ const (
 // while frames are queued, and the pings come from a timer. An idle member
 // costs this struct, gorilla's, and a small read buffer.
 type conn struct {
-	ws       *websocket.Conn
-	out      *batchConn // ws's net.Conn when the handler made it; else nil
+	wc       wsio.Conn       // the transport: writes, close, parking; never copied
+	ws       *websocket.Conn // wc's gorilla connection, for reading
 	hub      *hub
 	opts     connOptions
 	limiter  *rate.Limiter
@@ -81,14 +74,7 @@ type conn struct {
 	parked    bool   // no reader runs; the poller starts one on input
 	tornDown  bool   // left the room; nothing more to do
 
-	// The read side (reader.go). br is gorilla's read buffer when the
-	// handler made it (else nil: no parking); poller, pollID and pollAdded
-	// are set by the reader, noPark when parking failed once.
-	br        *bufio.Reader
-	poller    *poller
-	pollID    int32
-	pollAdded bool
-	noPark    bool
+	// The read side (reader.go).
 	lastHeard atomic.Int64 // Unix ns of the last frame or pong from the client
 
 	// writeLoopFn is c.writeLoop, bound once: `go c.writeLoop()` would
@@ -97,9 +83,10 @@ type conn struct {
 	readBurstFn func()
 }
 
-func newConn(ws *websocket.Conn, h *hub, roomName string, member chat.Member, opts connOptions, logger *zap.Logger) *conn {
+func newConn(wc wsio.Conn, h *hub, roomName string, member chat.Member, opts connOptions, logger *zap.Logger) *conn {
 	c := &conn{
-		ws:       ws,
+		wc:       wc,
+		ws:       wc.WS(),
 		hub:      h,
 		opts:     opts,
 		roomName: roomName,
@@ -107,15 +94,30 @@ func newConn(ws *websocket.Conn, h *hub, roomName string, member chat.Member, op
 		index:    -1,
 		logger:   logger,
 	}
-	c.out, _ = ws.NetConn().(*batchConn)
 	c.writeLoopFn = c.writeLoop
 	c.readBurstFn = c.readBurst
-	if c.out != nil {
-		c.br = readerOf(ws, c.out.br)
-	}
 	c.limiter = rate.NewLimiter(opts.rateLimit, opts.rateBurst)
 	return c
 }
+
+// identify gives c its id. It runs before c is in a room, where other
+// goroutines may log through c.logger.
+func (c *conn) identify(id string) {
+	c.member.ID = id
+	// WithLazy: an encoder per connection only once it logs something.
+	c.logger = c.logger.WithLazy(zap.String("id", id), zap.String("room", c.roomName))
+}
+
+// placeAt records that c joined r at index i of its members. The caller
+// holds r.mu. c.room is set once, here: it is read without a lock after.
+func (c *conn) placeAt(r *room, i int) { c.room, c.index = r, i }
+
+// moveTo records c's new index in its room's members; -1 once it left. The
+// caller holds c.room.mu.
+func (c *conn) moveTo(i int) { c.index = i }
+
+// setNick changes c's display name. The caller holds c.room.mu.
+func (c *conn) setNick(nick string) { c.member.Nick = nick }
 
 // serve runs the connection until it ends: join, read loop, leave. ctx
 // bounds the registry calls made while joining and is not kept after.
@@ -135,12 +137,7 @@ func (c *conn) serve(ctx context.Context) {
 		return c.ws.SetReadDeadline(time.Now().Add(2 * c.opts.pingInterval))
 	})
 	c.startPinging()
-	if c.br != nil {
-		c.poller = c.hub.readPoller()
-		if c.poller != nil {
-			c.poller.add(c)
-		}
-	}
+	c.wc.Watch(c)
 	c.readBurst()
 }
 
@@ -157,11 +154,9 @@ func (c *conn) teardown() {
 	c.parked = false
 	c.mu.Unlock()
 	c.stopPinging()
-	if c.poller != nil {
-		c.poller.remove(c)
-	}
+	c.wc.Unwatch()
 	c.hub.leave(c)
-	_ = c.ws.Close()
+	_ = c.wc.Close()
 	c.hub.release()
 	c.mu.Lock()
 	reason := c.closedBy
@@ -296,36 +291,13 @@ func (c *conn) writeLoop() {
 }
 
 // writeBatch writes a batch of frames, and a ping if one is due, in as few
-// system calls as the batch's size allows (see batchConn).
+// system calls as the batch's size allows (see internal/wsio).
 func (c *conn) writeBatch(batch []*websocket.PreparedMessage, ping bool) error {
-	deadline := time.Now().Add(writeWait)
-	if c.out != nil {
-		c.out.begin(deadline)
-	} else if err := c.ws.SetWriteDeadline(deadline); err != nil {
-		return err
-	}
-	err := c.writeFrames(batch, ping, deadline)
-	if c.out != nil {
-		if ferr := c.out.flush(); err == nil {
-			err = ferr
-		}
-	}
+	err := c.wc.WriteFrames(batch, ping)
 	if err == nil {
 		c.hub.metrics.delivered.Add(float64(len(batch)))
 	}
 	return err
-}
-
-func (c *conn) writeFrames(batch []*websocket.PreparedMessage, ping bool, deadline time.Time) error {
-	for _, pm := range batch {
-		if err := c.ws.WritePreparedMessage(pm); err != nil {
-			return err
-		}
-	}
-	if ping {
-		return c.ws.WriteControl(websocket.PingMessage, nil, deadline)
-	}
-	return nil
 }
 
 func (c *conn) startPinging() {
@@ -382,8 +354,7 @@ func (c *conn) finishClose(code int, text, reason string) {
 	c.mu.Lock()
 	c.closedBy = reason
 	c.mu.Unlock()
-	_ = c.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, text), time.Now().Add(closeWait))
-	_ = c.ws.Close()
+	c.wc.CloseWith(code, text)
 	// A parked connection has no reader to notice the close.
 	c.mu.Lock()
 	parked := c.parked

@@ -1,7 +1,7 @@
 package chatroom
 
-// Tests of SPEC §4 (limits, faults and bad input) and of the HTTP refusals
-// of SPEC §2, each against a real Caddy with real WebSocket clients. Each
+// Tests of the README's "Limits and faults" and of the HTTP refusals before
+// the upgrade (docs/protocol.md), each against a real Caddy with real WebSocket clients. Each
 // checks what the server does to the offender and that the other members
 // lose nothing.
 

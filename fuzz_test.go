@@ -19,9 +19,10 @@ import (
 )
 
 // FuzzDecodeInbound checks that decodeInbound and the accessors never
-// panic, accept exactly the JSON objects, and keep the SPEC's rules: a chat
-// text is never empty or only white space and is the frame's msg string; a
-// nick is 1 to 32 characters, trimmed, with no control characters.
+// panic, accept exactly the JSON objects, and keep the protocol's rules
+// (docs/protocol.md): a chat text is never empty or only white space and is
+// the frame's msg string; a nick is 1 to 32 characters, trimmed, with no
+// control characters.
 func FuzzDecodeInbound(f *testing.F) {
 	for _, seed := range []string{
 		`{"msg":"I am a php programmer"}`,

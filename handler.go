@@ -1,7 +1,6 @@
 package chatroom
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"github.com/caddy-chatroom/chatroom/internal/chat"
@@ -9,7 +8,6 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
-	"sync"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -56,15 +54,15 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		opts.nickLocked = member.User != ""
 	}
 
-	ws, err := h.upgrader.Upgrade(hijacker{w, &h.hub.writeBufs}, r, nil)
+	wc, err := h.transport.Upgrade(&h.upgrader, w, r)
 	if err != nil {
 		// The upgrader has answered the client already.
 		h.hub.release()
 		h.logger.Debug("websocket upgrade failed", zap.Error(err))
 		return nil
 	}
-	ws.SetReadLimit(h.MaxMessageSize)
-	c := newConn(ws, h.hub, roomName, member, opts, h.logger)
+	wc.WS().SetReadLimit(h.MaxMessageSize)
+	c := newConn(wc, h.hub, roomName, member, opts, h.logger)
 	c.via = h.ref
 	// The connection runs on a goroutine of its own and ServeHTTP returns,
 	// so that the HTTP server frees what it holds per request (its buffers,
@@ -74,19 +72,6 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	// join gets a fresh context, bounded in serve.
 	go c.serve(context.Background())
 	return nil
-}
-
-// newUpgrader returns the WebSocket upgrader of a handler: small read
-// buffers and write buffers shared through a pool, so that an idle
-// connection holds as little memory as it can.
-func newUpgrader() websocket.Upgrader {
-	return websocket.Upgrader{
-		// 0: use the hijacker's reader (readBufferSize) rather than make one.
-		ReadBufferSize:  0,
-		WriteBufferPool: new(sync.Pool),
-		// The handler checks origins itself, before the upgrade.
-		CheckOrigin: func(*http.Request) bool { return true },
-	}
 }
 
 // refuse answers a request that cannot become a chat connection with a
@@ -140,34 +125,3 @@ func withPort(host, scheme string) string {
 	}
 	return net.JoinHostPort(strings.TrimSuffix(strings.TrimPrefix(host, "["), "]"), port)
 }
-
-// hijacker gives gorilla the http.Hijacker it asserts: since Caddy v2.11.5
-// the ResponseWriter a handler gets only unwraps to one. It also hands
-// gorilla a batchConn, so that a connection's writer can send several
-// queued frames in one system call.
-type hijacker struct {
-	http.ResponseWriter
-	bufs *bufPool
-}
-
-// Hijack implements http.Hijacker.
-func (w hijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
-	nc, brw, err := http.NewResponseController(w.ResponseWriter).Hijack()
-	if err != nil {
-		return nil, nil, err
-	}
-	bc := newBatchConn(nc, w.bufs)
-	if brw.Reader.Buffered() == 0 {
-		// gorilla reads through this reader (it reuses a hijacked reader
-		// of more than 256 bytes when ReadBufferSize is 0), so that the
-		// connection can see what gorilla has buffered before it parks.
-		bc.br = bufio.NewReaderSize(bc, readBufferSize)
-		brw = bufio.NewReadWriter(bc.br, brw.Writer)
-	}
-	return bc, brw, nil
-}
-
-// readBufferSize is a connection's read buffer: room for a chat message or
-// two; larger frames are read through it in pieces. gorilla reuses the
-// hijacked reader only when it holds more than 256 bytes.
-const readBufferSize = 512

@@ -2,17 +2,14 @@ package chatroom
 
 // The integration harness: a real Caddy binary built from cmd/caddy (with
 // the race detector when the tests run with it), started as a process on free
-// loopback ports, and real WebSocket clients talking to it.
+// loopback ports by internal/testenv, and real WebSocket clients talking to
+// it. The helpers here keep the tests' short names over testenv.
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -21,88 +18,45 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+
+	"github.com/caddy-chatroom/chatroom/internal/testenv"
 )
 
 // waitLong bounds every wait on the server in the integration tests: long
 // enough for a loaded 2-core machine running the race detector, short enough
 // that a hung test fails with a message rather than the go test timeout.
-const waitLong = 15 * time.Second
-
-var buildCaddy struct {
-	once sync.Once
-	path string
-	err  error
-}
+const waitLong = testenv.WaitLong
 
 // caddyBinary builds cmd/caddy once per test process and returns its path.
 func caddyBinary(t testing.TB) string {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("integration test: skipped with -short")
-	}
-	buildCaddy.once.Do(func() {
-		dir, err := os.MkdirTemp("", "chatroom-caddy-")
-		if err != nil {
-			buildCaddy.err = err
-			return
-		}
-		buildCaddy.path = filepath.Join(dir, "caddy")
-		args := []string{"build", "-o", buildCaddy.path}
-		if raceEnabled {
-			args = append(args, "-race")
-		}
-		cmd := exec.Command("go", append(args, "./cmd/caddy")...)
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			buildCaddy.err = fmt.Errorf("go build ./cmd/caddy: %w\n%s", err, out)
-		}
-	})
-	if buildCaddy.err != nil {
-		t.Fatal(buildCaddy.err)
-	}
-	return buildCaddy.path
+	return testenv.CaddyBinary(t)
 }
 
 // freePort returns a loopback TCP port that was free a moment ago.
+//
+//lint:ignore U1000 the tests' short name for testenv.FreePort, kept for tests that need a spare port
 func freePort(t testing.TB) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	port, err := testenv.FreePort()
 	if err != nil {
-		t.Fatalf("finding a free port: %v", err)
+		t.Fatal(err)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
-// caddyProc is one Caddy process under test.
-type caddyProc struct {
-	t     testing.TB
-	bin   string
-	dir   string
-	Port  int // the site's HTTP port
-	Admin string
-	cmd   *exec.Cmd
-	out   *syncBuffer
-	done  chan struct{}
-	err   error // the process's exit, once done is closed
+	return port
 }
 
 // syncBuffer collects a process's output safely for concurrent reads.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
+type syncBuffer = testenv.SyncBuffer
 
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
+// caddyProc is one Caddy process under test: testenv.Caddy failing the test
+// on an error, and on a data race the process reports.
+type caddyProc struct {
+	t     testing.TB
+	c     *testenv.Caddy
+	dir   string
+	Port  int // the site's HTTP port
+	Admin string
+	out   *syncBuffer // the current process's output
 }
 
 // siteConfig makes a whole Caddyfile around the body of one site block, on
@@ -117,8 +71,12 @@ func (p *caddyProc) siteConfig(body string) string {
 // waits until the site answers, and stops the process when the test ends.
 func startCaddy(t testing.TB, body string) *caddyProc {
 	t.Helper()
-	p := &caddyProc{t: t, bin: caddyBinary(t), dir: t.TempDir(), Port: freePort(t)}
-	p.Admin = fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	dir := t.TempDir()
+	c, err := testenv.NewCaddy(caddyBinary(t), dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &caddyProc{t: t, c: c, dir: dir, Port: c.Port, Admin: c.Admin}
 	if err := os.WriteFile(filepath.Join(p.dir, "index.html"), []byte("<p>static page</p>\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -129,61 +87,21 @@ func startCaddy(t testing.TB, body string) *caddyProc {
 
 func (p *caddyProc) start(body string) {
 	p.t.Helper()
-	cfg := filepath.Join(p.dir, "Caddyfile")
-	if err := os.WriteFile(cfg, []byte(p.siteConfig(body)), 0o644); err != nil {
+	err := p.c.Start(p.siteConfig(body))
+	if proc := p.c.Process(); proc != nil {
+		p.out = proc.Log()
+	}
+	if err != nil {
 		p.t.Fatal(err)
 	}
-	p.out = &syncBuffer{}
-	p.cmd = exec.Command(p.bin, "run", "--config", cfg, "--adapter", "caddyfile")
-	p.cmd.Dir = p.dir
-	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
-	p.cmd.Env = append(os.Environ(), "HOME="+p.dir, "XDG_DATA_HOME="+p.dir, "XDG_CONFIG_HOME="+p.dir, "GORACE=halt_on_error=0 exitcode=66")
-	if err := p.cmd.Start(); err != nil {
-		p.t.Fatalf("starting caddy: %v", err)
-	}
-	p.done = make(chan struct{})
-	go func() {
-		p.err = p.cmd.Wait()
-		close(p.done)
-	}()
-	p.waitReady()
-}
-
-// waitReady waits until the admin API has the config and the site port
-// accepts connections.
-func (p *caddyProc) waitReady() {
-	p.t.Helper()
-	deadline := time.Now().Add(waitLong)
-	for time.Now().Before(deadline) {
-		select {
-		case <-p.done:
-			p.t.Fatalf("caddy exited while starting: %v\n%s", p.err, p.out)
-		default:
-		}
-		c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", p.Port), time.Second)
-		if err == nil {
-			c.Close()
-			return
-		}
-		time.Sleep(20 * time.Millisecond) // polling a port: there is no event to await
-	}
-	p.t.Fatalf("caddy did not listen on port %d within %v\n%s", p.Port, waitLong, p.out)
 }
 
 // reload loads a new site body through the admin API, as `caddy reload`
 // does.
 func (p *caddyProc) reload(body string) {
 	p.t.Helper()
-	req, _ := http.NewRequest(http.MethodPost, "http://"+p.Admin+"/load", strings.NewReader(p.siteConfig(body)))
-	req.Header.Set("Content-Type", "text/caddyfile")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		p.t.Fatalf("reload: %v", err)
-	}
-	defer resp.Body.Close()
-	msg, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode != http.StatusOK {
-		p.t.Fatalf("reload: %s: %s", resp.Status, msg)
+	if err := p.c.Reload(p.siteConfig(body)); err != nil {
+		p.t.Fatal(err)
 	}
 }
 
@@ -191,19 +109,17 @@ func (p *caddyProc) reload(body string) {
 // waits for the process to exit.
 func (p *caddyProc) stop() {
 	p.t.Helper()
-	resp, err := http.Post("http://"+p.Admin+"/stop", "", nil)
-	if err != nil {
-		p.t.Fatalf("caddy stop: %v", err)
+	if err := p.c.Stop(); err != nil {
+		p.t.Fatalf("%v\n%s", err, p.out)
 	}
-	resp.Body.Close()
-	p.wait()
+	p.checkRace()
 }
 
 // signal sends sig to the process.
 func (p *caddyProc) signal(sig syscall.Signal) {
 	p.t.Helper()
-	if err := p.cmd.Process.Signal(sig); err != nil {
-		p.t.Fatalf("signal %v: %v", sig, err)
+	if err := p.c.Signal(sig); err != nil {
+		p.t.Fatal(err)
 	}
 }
 
@@ -211,16 +127,14 @@ func (p *caddyProc) signal(sig syscall.Signal) {
 // data race.
 func (p *caddyProc) wait() {
 	p.t.Helper()
-	select {
-	case <-p.done:
-	case <-time.After(waitLong):
-		p.t.Fatalf("caddy did not exit within %v\n%s", waitLong, p.out)
+	if err := p.c.Wait(waitLong); err != nil {
+		p.t.Fatalf("%v\n%s", err, p.out)
 	}
 	p.checkRace()
 }
 
 func (p *caddyProc) checkRace() {
-	if strings.Contains(p.out.String(), "WARNING: DATA RACE") {
+	if p.c.Raced() {
 		p.t.Errorf("the caddy process reported a data race:\n%s", p.out)
 	}
 }
@@ -228,14 +142,9 @@ func (p *caddyProc) checkRace() {
 // kill ends the process if it still runs (SIGKILL) and checks its output
 // for data races.
 func (p *caddyProc) kill() {
-	select {
-	case <-p.done:
-	default:
-		_ = p.cmd.Process.Kill()
-		<-p.done
-	}
+	p.c.Kill()
 	p.checkRace()
-	if p.t.Failed() {
+	if p.t.Failed() && p.out != nil {
 		p.t.Logf("caddy output:\n%s", p.out)
 	}
 }

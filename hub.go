@@ -14,6 +14,23 @@ import (
 	"go.uber.org/zap"
 )
 
+// Lock order. A goroutine that holds one of these locks may take only
+// those below it:
+//
+//  1. hub.mu: the room map (and closed).
+//  2. room.mu: a room's members; it orders every event of the room.
+//  3. The registry's locks (embeddedRegistry.mu, memcachedRegistry.mu and
+//     its rooms' locks): the hub calls Publish, History, RemoteMembers and
+//     DeliverWith's update under room.mu, and update under hub.mu when the
+//     room has no members. So a registry never calls the Host (Deliver,
+//     DeliverWith, LocalMembers) while it holds a lock of its own.
+//  4. Leaves, which call nothing while held: the id allocator's
+//     (idAllocator.mu), the memcached client's (mcClient.mu).
+//
+// conn.mu is taken under room.mu (a member's send queue) and never held
+// while taking any lock above; a writer or closer drops it before it
+// writes. The transport's locks (internal/wsio: batchConn.mu, the
+// poller's) are leaves: the poller wakes a connection with none held.
 // hub holds the rooms of this instance and fans every event out to their
 // local members. One hub serves every handler that shares a registry
 // configuration, and it outlives config reloads (see pool.go), so that a
@@ -27,11 +44,6 @@ type hub struct {
 	startErr  error
 
 	open atomic.Int64 // connections, for max_connections
-
-	writeBufs bufPool // batch buffers shared by the connections' writers
-
-	pollOnce sync.Once
-	poll     *poller // parked connections' reads; nil where unavailable
 
 	handlers handlerSet // the handlers using this hub (reload.go)
 
@@ -71,6 +83,10 @@ func (h *hub) reserve(limit int) bool {
 // release gives a slot back.
 func (h *hub) release() { h.open.Add(-1) }
 
+// keepHistory asks the registry to keep the last n chat messages of every
+// room.
+func (h *hub) keepHistory(n int) { h.reg.KeepHistory(n) }
+
 // start starts the registry once, on the first connection, so that a config
 // that is only validated never registers this instance anywhere.
 func (h *hub) start() error {
@@ -88,10 +104,7 @@ func (h *hub) join(ctx context.Context, c *conn) error {
 	if err := h.start(); err != nil {
 		return err
 	}
-	c.member.ID = h.reg.NewID(ctx)
-	// Set before c is in a room, where other goroutines may log through it.
-	// WithLazy: an encoder per connection only once it logs something.
-	c.logger = c.logger.WithLazy(zap.String("id", c.member.ID), zap.String("room", c.roomName))
+	c.identify(h.reg.NewID(ctx))
 	h.reg.Warm(ctx, c.roomName)
 	for {
 		r, err := h.room(c.roomName)
@@ -107,8 +120,7 @@ func (h *hub) join(ctx context.Context, c *conn) error {
 			r.mu.Unlock()
 			return errHandlerGone
 		}
-		c.room = r
-		c.index = len(r.members)
+		c.placeAt(r, len(r.members))
 		r.members = append(r.members, c)
 		c.sendFrame(welcomeMessage(c.member, r.name))
 		c.sendFrame(onlineMessage(h.online(r)))
@@ -153,10 +165,10 @@ func (h *hub) leave(c *conn) {
 	}
 	last := len(r.members) - 1
 	r.members[c.index] = r.members[last]
-	r.members[c.index].index = c.index
+	r.members[c.index].moveTo(c.index)
 	r.members[last] = nil
 	r.members = r.members[:last]
-	c.index = -1
+	c.moveTo(-1)
 	h.publish(r, chat.NewPresence(chat.KindLeave, c.member), nil)
 	empty := len(r.members) == 0
 	if empty {
@@ -189,7 +201,7 @@ func (h *hub) rename(c *conn, nick string) {
 	if c.member.Nick == nick {
 		return
 	}
-	c.member.Nick = nick
+	c.setNick(nick)
 	h.publish(r, chat.NewPresence(chat.KindNick, c.member), c)
 }
 
@@ -311,25 +323,13 @@ func (r *room) broadcast(frame []byte, except *conn) {
 	}
 }
 
-// readPoller returns the poller that parked connections wait on, starting
-// it on first use; nil when the system has none (connections then keep a
-// reader goroutine).
-func (h *hub) readPoller() *poller {
-	h.pollOnce.Do(func() {
-		p, err := newPoller()
-		if err != nil {
-			h.logger.Debug("no poller for idle connections", zap.Error(err))
-			return
-		}
-		h.poll = p
-	})
-	return h.poll
-}
+// shutdownClosers bounds the goroutines that close connections at
+// shutdown.
+const shutdownClosers = 64
 
 // shutdown closes every connection with 1001 Going Away, waiting at most
 // for timeout, and refuses new ones.
 func (h *hub) shutdown(timeout time.Duration) {
-	defer h.stopPoller()
 	h.mu.Lock()
 	h.closed = true
 	var conns []*conn
@@ -340,12 +340,22 @@ func (h *hub) shutdown(timeout time.Duration) {
 	}
 	h.mu.Unlock()
 
-	var wg sync.WaitGroup
+	// A few closers in parallel: a close waits up to closeWait on a client
+	// that does not read, but a goroutine per connection would start
+	// thousands at once.
+	work := make(chan *conn, len(conns))
 	for _, c := range conns {
+		work <- c
+	}
+	close(work)
+	var wg sync.WaitGroup
+	for range min(len(conns), shutdownClosers) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			c.closeWith(websocket.CloseGoingAway, "server shutting down", "shutdown")
+			for c := range work {
+				c.closeWith(websocket.CloseGoingAway, "server shutting down", "shutdown")
+			}
 		}()
 	}
 	done := make(chan struct{})
@@ -354,14 +364,5 @@ func (h *hub) shutdown(timeout time.Duration) {
 	case <-done:
 	case <-time.After(timeout):
 		h.logger.Warn("connections did not close in time", zap.Int("connections", len(conns)), zap.Duration("timeout", timeout))
-	}
-}
-
-// stopPoller stops the poller once the connections are closed: a parked
-// connection is torn down by whoever closes it, not by the poller.
-func (h *hub) stopPoller() {
-	h.pollOnce.Do(func() {}) // no poller may start after this
-	if h.poll != nil {
-		h.poll.stop()
 	}
 }

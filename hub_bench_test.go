@@ -9,6 +9,7 @@ package chatroom
 
 import (
 	"github.com/caddy-chatroom/chatroom/internal/chat"
+	"github.com/caddy-chatroom/chatroom/internal/wsio"
 	"net"
 	"net/http"
 	"strconv"
@@ -47,20 +48,22 @@ func newBenchRoom(b *testing.B, n int) *benchRoom {
 	if err != nil {
 		b.Fatal(err)
 	}
-	upgrader := newUpgrader()
+	tr := wsio.NewTransport(zap.NewNop())
+	b.Cleanup(tr.Close)
+	upgrader := wsio.NewUpgrader()
 	opts := connOptions{sendQueue: 1 << 16, pingInterval: time.Hour, rateLimit: 1e9, rateBurst: 1e9}
-	accepted := make(chan *websocket.Conn, 1)
+	accepted := make(chan wsio.Conn, 1)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)
 	}
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-		ws, err := upgrader.Upgrade(hijacker{w, &br.hub.writeBufs}, req, nil)
+		wc, err := tr.Upgrade(&upgrader, w, req)
 		if err != nil {
 			b.Error(err)
 			return
 		}
-		accepted <- ws
+		accepted <- wc
 	})}
 	go func() { _ = srv.Serve(ln) }()
 	b.Cleanup(func() { _ = srv.Close() })
@@ -71,13 +74,13 @@ func newBenchRoom(b *testing.B, n int) *benchRoom {
 		if err != nil {
 			b.Fatalf("dialing member %d: %v", i, err)
 		}
-		var ws *websocket.Conn
+		var wc wsio.Conn
 		select {
-		case ws = <-accepted:
+		case wc = <-accepted:
 		case <-time.After(10 * time.Second):
 			b.Fatal("server did not accept a connection")
 		}
-		c := newConn(ws, br.hub, "bench", chat.Member{ID: strconv.Itoa(i + 1)}, opts, zap.NewNop())
+		c := newConn(wc, br.hub, "bench", chat.Member{ID: strconv.Itoa(i + 1)}, opts, zap.NewNop())
 		c.room, c.index = r, i
 		r.members = append(r.members, c)
 		br.members = append(br.members, c)
@@ -101,7 +104,7 @@ func newBenchRoom(b *testing.B, n int) *benchRoom {
 	}
 	b.Cleanup(func() {
 		for _, c := range br.members {
-			_ = c.ws.Close()
+			_ = c.wc.Close()
 		}
 		for _, nc := range br.clients {
 			_ = nc.Close()

@@ -1,13 +1,11 @@
 package chatroom
 
-// Tests of the read side's parking (reader.go, poller_linux.go): idle
+// Tests of the read side's parking (reader.go, internal/wsio): idle
 // connections hold no goroutine, and a parked connection wakes for
 // whatever the client sends.
 
 import (
-	"bufio"
 	"fmt"
-	"net/http"
 	"runtime"
 	"strings"
 	"testing"
@@ -20,19 +18,9 @@ import (
 // admin endpoint's pprof.
 func serverGoroutines(t *testing.T, p *caddyProc) int {
 	t.Helper()
-	client := http.Client{Timeout: waitLong}
-	resp, err := client.Get("http://" + p.Admin + "/debug/pprof/goroutine?debug=1")
+	n, err := p.c.Goroutines()
 	if err != nil {
-		t.Fatalf("reading goroutine profile: %v", err)
-	}
-	defer resp.Body.Close()
-	line, err := bufio.NewReader(resp.Body).ReadString('\n')
-	if err != nil {
-		t.Fatalf("reading goroutine profile: %v", err)
-	}
-	var n int
-	if _, err := fmt.Sscanf(line, "goroutine profile: total %d", &n); err != nil {
-		t.Fatalf("goroutine profile starts %q: %v", line, err)
+		t.Fatal(err)
 	}
 	return n
 }

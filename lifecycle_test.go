@@ -1,6 +1,6 @@
 package chatroom
 
-// Tests of the lifecycle rows of SPEC §4: a reload keeps the chat going, a
+// Tests of the lifecycle rows of the README's "Limits and faults": a reload keeps the chat going, a
 // stop or SIGTERM closes every client with 1001, and a connection that goes
 // silent is closed after two ping intervals.
 

@@ -1,11 +1,9 @@
 package chatroom
 
 import (
-	"bufio"
 	"fmt"
 	"io"
 	"net/http"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -32,36 +30,9 @@ func seriesDropped(reason string) string {
 // series text (name plus labels, as printed).
 func (p *caddyProc) metrics() map[string]float64 {
 	p.t.Helper()
-	client := http.Client{Timeout: waitLong}
-	resp, err := client.Get("http://" + p.Admin + "/metrics")
+	samples, err := p.c.Metrics()
 	if err != nil {
-		p.t.Fatalf("reading /metrics: %v", err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		body, _ := io.ReadAll(resp.Body)
-		p.t.Fatalf("reading /metrics: %s: %s", resp.Status, body)
-	}
-	samples := make(map[string]float64)
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if line == "" || line[0] == '#' {
-			continue
-		}
-		i := strings.LastIndexByte(line, ' ')
-		if i < 0 {
-			continue
-		}
-		v, err := strconv.ParseFloat(line[i+1:], 64)
-		if err != nil {
-			continue
-		}
-		samples[line[:i]] = v
-	}
-	if err := sc.Err(); err != nil {
-		p.t.Fatalf("reading /metrics: %v", err)
+		p.t.Fatal(err)
 	}
 	return samples
 }
@@ -96,7 +67,7 @@ func (p *caddyProc) awaitMetric(series string, what string, ok func(float64) boo
 }
 
 // TestMetricsMoveAndSurviveReload reads the admin /metrics after traffic:
-// every metric of SPEC §5 is there, moves with traffic, has no per-room or
+// every metric the README lists is there, moves with traffic, has no per-room or
 // per-client label, and a reload does not reset it.
 func TestMetricsMoveAndSurviveReload(t *testing.T) {
 	body := func(tag string) string {

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/caddy-chatroom/chatroom/internal/wsio"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/gorilla/websocket"
@@ -19,7 +20,7 @@ func init() {
 	caddy.RegisterModule(Handler{})
 }
 
-// Defaults of the handler's settings (SPEC §1).
+// Defaults of the handler's settings (the README's Caddyfile table).
 const (
 	DefaultPrefix         = "chatroom:"
 	DefaultRoom           = "lobby"
@@ -90,15 +91,16 @@ type Handler struct {
 	// while it runs. Default: 30s.
 	TTL caddy.Duration `json:"ttl,omitempty"`
 
-	hub      *hub
-	hubKey   string
-	ref      *handlerRef
-	metrics  *metrics
-	logger   *zap.Logger
-	upgrader websocket.Upgrader
-	opts     connOptions
-	origins  map[string]bool
-	anyOrig  bool
+	hub       *hub
+	transport *wsio.Transport // the sockets of the hub's connections
+	hubKey    string
+	ref       *handlerRef // this handler's place, known across reloads (reload.go)
+	metrics   *metrics
+	logger    *zap.Logger
+	upgrader  websocket.Upgrader
+	opts      connOptions
+	origins   map[string]bool
+	anyOrig   bool
 }
 
 // RateLimit is a number of chat messages per interval.
@@ -136,12 +138,14 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 
 	h.hubKey = h.registryKey()
-	h.hub, err = loadHub(h.hubKey, m, h.logger, h.newRegistry)
+	h.hub, h.transport, err = loadHub(h.hubKey, m, h.logger, h.newRegistry)
 	if err != nil {
-		_, _ = pool.Delete(metricsKey)
+		// The metrics are released by Cleanup, which Caddy calls after a
+		// failed Provision too: releasing them here as well would drop a
+		// reference that another config holds.
 		return fmt.Errorf("starting chat registry: %w", err)
 	}
-	h.hub.reg.KeepHistory(h.History)
+	h.hub.keepHistory(h.History)
 	mods := ctx.Modules()
 	if len(mods) > 0 && any(mods[len(mods)-1]) == any(h) {
 		mods = mods[:len(mods)-1] // the modules around h, outermost first
@@ -155,7 +159,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		}
 		h.origins[strings.ToLower(o)] = true
 	}
-	h.upgrader = newUpgrader()
+	h.upgrader = wsio.NewUpgrader()
 	h.opts = connOptions{
 		history:      h.History,
 		sendQueue:    h.SendQueue + h.History + 2, // a joiner's burst (welcome, online list, history) is not slowness

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/caddy-chatroom/chatroom/internal/wsio"
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 )
@@ -27,14 +28,19 @@ type pooledMetrics struct{ *metrics }
 // Destruct implements caddy.Destructor.
 func (pooledMetrics) Destruct() error { return nil }
 
-// pooledHub lets a hub live in the pool: when the last config using it is
-// unloaded, its clients are closed with 1001 and its registry deregisters
-// this instance.
-type pooledHub struct{ *hub }
+// pooledHub lets a hub and the transport of its connections live in the
+// pool: when the last config using them is unloaded, the hub's clients are
+// closed with 1001, the transport's poller stops and the registry
+// deregisters this instance.
+type pooledHub struct {
+	*hub
+	transport *wsio.Transport
+}
 
 // Destruct implements caddy.Destructor.
 func (p pooledHub) Destruct() error {
 	p.shutdown(shutdownTimeout)
+	p.transport.Close()
 	if err := p.reg.Close(); err != nil {
 		return fmt.Errorf("closing chat registry: %w", err)
 	}
@@ -52,17 +58,18 @@ func loadMetrics() (*metrics, error) {
 	return v.(pooledMetrics).metrics, nil
 }
 
-// loadHub returns the hub for key, making it with newRegistry on first use.
-func loadHub(key string, m *metrics, logger *zap.Logger, newRegistry func() (Registry, error)) (*hub, error) {
+// loadHub returns the hub for key and its connections' transport, making
+// them with newRegistry on first use.
+func loadHub(key string, m *metrics, logger *zap.Logger, newRegistry func() (Registry, error)) (*hub, *wsio.Transport, error) {
 	v, _, err := pool.LoadOrNew(key, func() (caddy.Destructor, error) {
 		reg, err := newRegistry()
 		if err != nil {
 			return nil, err
 		}
-		return pooledHub{newHub(reg, m, logger)}, nil
+		return pooledHub{newHub(reg, m, logger), wsio.NewTransport(logger)}, nil
 	})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return v.(pooledHub).hub, nil
+	return v.(pooledHub).hub, v.(pooledHub).transport, nil
 }

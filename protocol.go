@@ -10,7 +10,7 @@ import (
 	"strings"
 )
 
-// Error codes of refused frames (SPEC §3).
+// Error codes of refused frames (docs/protocol.md, "Errors").
 const (
 	ErrCodeInvalidJSON = "invalid_json"
 	ErrCodeRateLimited = "rate_limited"
@@ -18,7 +18,8 @@ const (
 	ErrCodeNickLocked  = "nick_locked"
 )
 
-// The frames the server sends. Field order follows the SPEC's examples.
+// The frames the server sends. Field order follows the examples of
+// docs/protocol.md.
 type (
 	chatFrame struct {
 		FromID   string `json:"from_id"`

@@ -1,9 +1,7 @@
 package chatroom
 
 import (
-	"bufio"
 	"errors"
-	"reflect"
 	"time"
 	"unicode/utf8"
 
@@ -13,31 +11,17 @@ import (
 
 // The read side of a connection. While the client sends nothing, the
 // connection has no reader goroutine: the reader parks the connection with
-// the hub's poller and exits, and the poller starts a new reader when input
-// arrives. Idle members then cost a few KiB of heap and no stack.
+// the transport's poller (internal/wsio) and exits, and the poller starts a
+// new reader when input arrives. Idle members then cost a few KiB of heap and no stack.
 
 // errStopReading ends a reader that has closed the connection itself.
 var errStopReading = errors.New("connection closed by the server")
-
-// readerOf returns gorilla's read buffer of ws when it is br, the one the
-// handler's hijacker made: the reader must see what gorilla has buffered
-// before it may park, so parking is only on when it is.
-func readerOf(ws *websocket.Conn, br *bufio.Reader) *bufio.Reader {
-	if br == nil {
-		return nil
-	}
-	f := reflect.ValueOf(ws).Elem().FieldByName("br")
-	if !f.IsValid() || f.Kind() != reflect.Pointer || f.Pointer() != reflect.ValueOf(br).Pointer() {
-		return nil
-	}
-	return br
-}
 
 // readBurst reads what the client has sent, then parks the connection, or
 // ends it when the connection fails or breaks a rule.
 func (c *conn) readBurst() {
 	for {
-		if c.canPark() && c.br.Buffered() == 0 && !inputReady(c) && c.park() {
+		if c.wc.CanPark() && c.wc.Idle() && c.park() {
 			return
 		}
 		if err := c.readFrame(); err != nil {
@@ -48,13 +32,14 @@ func (c *conn) readBurst() {
 	}
 }
 
-func (c *conn) canPark() bool { return c.poller != nil && c.br != nil && !c.noPark }
-
 // readFrame reads and acts on one frame: a ping or pong at the head of the
 // buffer, or else one message.
 func (c *conn) readFrame() error {
 	_ = c.ws.SetReadDeadline(time.Now().Add(2 * c.opts.pingInterval))
-	if c.br != nil && c.readControl() {
+	// A ping or pong between messages is consumed beside gorilla, so that
+	// a reader woken by one can park again (see internal/wsio).
+	if c.wc.ReadControl() {
+		c.heard()
 		return nil
 	}
 	kind, data, err := c.ws.ReadMessage()
@@ -72,47 +57,6 @@ func (c *conn) readFrame() error {
 	}
 	c.handleFrame(data)
 	return nil
-}
-
-// readControl consumes a whole ping or pong frame at the head of the read
-// buffer, between messages. gorilla's ReadMessage would handle it too, but
-// then wait for a data frame, and a reader woken by a pong could not park
-// again.
-func (c *conn) readControl() bool {
-	hdr, err := c.br.Peek(2)
-	if err != nil {
-		return false // gorilla reports it
-	}
-	const (
-		finBit, rsvBits, opBits = 0x80, 0x70, 0x0f
-		maskBit, lenBits        = 0x80, 0x7f
-	)
-	op, n := int(hdr[0]&opBits), int(hdr[1]&lenBits)
-	if hdr[0]&finBit == 0 || hdr[0]&rsvBits != 0 || hdr[1]&maskBit == 0 || n > 125 ||
-		op != websocket.PingMessage && op != websocket.PongMessage {
-		return false
-	}
-	frame, err := c.br.Peek(2 + 4 + n)
-	if err != nil {
-		return false
-	}
-	c.heard()
-	if op == websocket.PingMessage {
-		var payload [125]byte
-		mask := frame[2:6]
-		for i, b := range frame[6:] {
-			payload[i] = b ^ mask[i&3]
-		}
-		err := c.ws.WriteControl(websocket.PongMessage, payload[:n], time.Now().Add(closeWait))
-		if err != nil && !errors.Is(err, websocket.ErrCloseSent) {
-			var netErr interface{ Timeout() bool }
-			if !errors.As(err, &netErr) || !netErr.Timeout() {
-				return false // gorilla reports the connection's state
-			}
-		}
-	}
-	_, _ = c.br.Discard(len(frame))
-	return true
 }
 
 // heard notes that the client is alive.
@@ -134,14 +78,13 @@ func (c *conn) park() bool {
 	}
 	c.parked = true
 	c.mu.Unlock()
-	if err := c.poller.arm(c); err != nil {
+	if err := c.wc.Arm(); err != nil {
 		c.mu.Lock()
 		stillParked := c.parked
 		c.parked = false
 		c.mu.Unlock()
 		if stillParked {
 			c.logger.Debug("cannot park connection; reading on a goroutine", zap.Error(err))
-			c.noPark = true
 			return false
 		}
 		return true // finishClose has taken over
@@ -149,8 +92,9 @@ func (c *conn) park() bool {
 	return true
 }
 
-// unpark starts a reader for a parked connection that has input.
-func (c *conn) unpark() {
+// Wake implements wsio.Waker: it starts a reader for a parked connection
+// that has input.
+func (c *conn) Wake() {
 	c.mu.Lock()
 	if !c.parked {
 		c.mu.Unlock()

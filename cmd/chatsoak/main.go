@@ -20,12 +20,13 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/caddy-chatroom/chatroom/internal/testenv"
 )
 
 // settings are the soak's flags.
@@ -71,7 +72,7 @@ type sample struct {
 }
 
 func (c *caddy) sample() (sample, error) {
-	m, err := c.metrics()
+	m, err := c.Metrics()
 	if err != nil {
 		return sample{}, err
 	}
@@ -90,25 +91,21 @@ func run(s settings) error {
 	defer os.RemoveAll(dir)
 	if s.caddyBin == "" {
 		s.caddyBin = filepath.Join(dir, "caddy")
-		args := []string{"build", "-o", s.caddyBin}
-		if s.race {
-			args = append(args, "-race")
-		}
 		fmt.Println("building ./cmd/caddy ...")
-		if out, err := exec.Command("go", append(args, "./cmd/caddy")...).CombinedOutput(); err != nil {
-			return fmt.Errorf("go build ./cmd/caddy (run from the repository root): %w\n%s", err, out)
+		if err := testenv.BuildCaddy(s.caddyBin, s.race); err != nil {
+			return err
 		}
 	}
 	mc, err := startMemcached(dir)
 	if err != nil {
 		return err
 	}
-	defer mc.proc.kill()
+	defer func() { _ = mc.Stop() }()
 	cd, err := startCaddy(s.caddyBin, dir, mc.Addr)
 	if err != nil {
 		return err
 	}
-	defer cd.proc.kill()
+	defer cd.Kill()
 	url := fmt.Sprintf("ws://127.0.0.1:%d/ws", cd.Port)
 
 	// Warm up: the first connection starts the registry's background work,
@@ -181,7 +178,7 @@ func run(s settings) error {
 			faults = append(faults, err)
 		case !restarted && time.Since(start) >= restartAt:
 			restarted = true
-			err := mc.restart()
+			err := mc.Restart()
 			fmt.Printf("%6.1fs memcached restarted (every key lost): err %v\n", time.Since(start).Seconds(), err)
 			faults = append(faults, err)
 		}
@@ -253,11 +250,11 @@ func run(s settings) error {
 	if limit := base.heapInuse*s.heapSlack + 8<<20; final.heapInuse > limit {
 		errs = append(errs, fmt.Errorf("heap in use %.1f MiB after the soak, baseline %.1f MiB (limit %.1f MiB)", final.heapInuse/(1<<20), base.heapInuse/(1<<20), limit/(1<<20)))
 	}
-	if err := cd.stop(); err != nil {
+	if err := cd.Stop(); err != nil {
 		errs = append(errs, err)
 	}
-	out := cd.proc.out.String()
-	if strings.Contains(out, "WARNING: DATA RACE") {
+	out := cd.Output()
+	if cd.Raced() {
 		errs = append(errs, fmt.Errorf("caddy reported a data race:\n%s", out))
 	}
 	if len(errs) > 0 {
@@ -272,7 +269,7 @@ func run(s settings) error {
 func settle(cd *caddy, base sample, slack int) (sample, error) {
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		if err := cd.collectGarbage(); err != nil {
+		if err := cd.CollectGarbage(); err != nil {
 			return sample{}, err
 		}
 		now, err := cd.sample()

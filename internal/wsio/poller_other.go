@@ -1,6 +1,6 @@
 //go:build !linux
 
-package chatroom
+package wsio
 
 import "errors"
 
@@ -10,9 +10,9 @@ type poller struct{}
 
 func newPoller() (*poller, error) { return nil, errors.New("no epoll on this system") }
 
-func (p *poller) add(*conn)       {}
-func (p *poller) remove(*conn)    {}
-func (p *poller) arm(*conn) error { return errors.New("no epoll on this system") }
+func (p *poller) add(*Conn)       {}
+func (p *poller) remove(*Conn)    {}
+func (p *poller) arm(*Conn) error { return errors.New("no epoll on this system") }
 func (p *poller) stop()           {}
 
-func inputReady(*conn) bool { return true }
+func inputReady(*Conn) bool { return true }

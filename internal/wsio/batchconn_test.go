@@ -1,4 +1,4 @@
-package chatroom
+package wsio
 
 import (
 	"bytes"
@@ -29,7 +29,7 @@ func tcpPair(t *testing.T) (server, client net.Conn) {
 	}
 	select {
 	case server = <-accepted:
-	case <-time.After(waitLong):
+	case <-time.After(testWait):
 		t.Fatal("no connection accepted")
 	}
 	if server == nil {
@@ -42,7 +42,7 @@ func tcpPair(t *testing.T) (server, client net.Conn) {
 // readN reads exactly n bytes from c, bounded.
 func readN(t *testing.T, c net.Conn, n int) []byte {
 	t.Helper()
-	_ = c.SetReadDeadline(time.Now().Add(waitLong))
+	_ = c.SetReadDeadline(time.Now().Add(testWait))
 	buf := make([]byte, n)
 	if _, err := io.ReadFull(c, buf); err != nil {
 		t.Fatalf("reading %d bytes: %v", n, err)
@@ -55,7 +55,7 @@ func TestBatchConnGathersWritesUntilFlush(t *testing.T) {
 	var pool bufPool
 	b := newBatchConn(server, &pool)
 
-	b.begin(time.Now().Add(writeWait))
+	b.begin(time.Now().Add(WriteWait))
 	for _, s := range []string{"one ", "two ", "three"} {
 		if n, err := b.Write([]byte(s)); err != nil || n != len(s) {
 			t.Fatalf("Write(%q) = %d, %v", s, n, err)
@@ -89,12 +89,12 @@ func TestBatchConnLargeBatchKeepsOrder(t *testing.T) {
 	want := make([]byte, 0, 3*maxBatchBytes)
 	done := make(chan []byte, 1)
 	go func() {
-		_ = client.SetReadDeadline(time.Now().Add(waitLong))
+		_ = client.SetReadDeadline(time.Now().Add(testWait))
 		buf := make([]byte, 3*maxBatchBytes)
 		n, _ := io.ReadFull(client, buf)
 		done <- buf[:n]
 	}()
-	b.begin(time.Now().Add(writeWait))
+	b.begin(time.Now().Add(WriteWait))
 	for i := 0; len(want) < 3*maxBatchBytes-1000; i++ {
 		chunk := bytes.Repeat([]byte{byte('a' + i%26)}, 1000)
 		if _, err := b.Write(chunk); err != nil {
@@ -119,7 +119,7 @@ func TestBatchConnCloseSendsPendingFrames(t *testing.T) {
 	server, client := tcpPair(t)
 	var pool bufPool
 	b := newBatchConn(server, &pool)
-	b.begin(time.Now().Add(writeWait))
+	b.begin(time.Now().Add(WriteWait))
 	if _, err := b.Write([]byte("close frame")); err != nil {
 		t.Fatal(err)
 	}
@@ -141,7 +141,7 @@ func TestBatchConnCloseSendsPendingFrames(t *testing.T) {
 }
 
 // TestBatchConnCloseUnblocksStuckFlush is the regression test of a slow
-// consumer that took up to writeWait to close: Close waited for the mutex
+// consumer that took up to WriteWait to close: Close waited for the mutex
 // that a flush held while blocked on a client that reads nothing.
 func TestBatchConnCloseUnblocksStuckFlush(t *testing.T) {
 	server, _ := tcpPair(t) // the client end never reads
@@ -162,7 +162,7 @@ func TestBatchConnCloseUnblocksStuckFlush(t *testing.T) {
 	// Wait until the writer is stuck: the mutex stays held across several
 	// probes (a Write that does not block holds it for microseconds).
 	// Blocking in write has no event to await, so this polls, bounded.
-	deadline := time.Now().Add(waitLong)
+	deadline := time.Now().Add(testWait)
 	for held := 0; held < 5; time.Sleep(10 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatal("the writer never blocked on the non-reading client")
@@ -177,18 +177,18 @@ func TestBatchConnCloseUnblocksStuckFlush(t *testing.T) {
 	closed := make(chan error, 1)
 	go func() { closed <- b.Close() }()
 	// Close must not wait for the hour-long write deadline: a bound well
-	// above closeWait, far below the flush's deadline.
+	// above CloseWait, far below the flush's deadline.
 	select {
 	case <-closed:
-	case <-time.After(waitLong):
-		t.Fatalf("Close did not return within %v while a flush was stuck", waitLong)
+	case <-time.After(testWait):
+		t.Fatalf("Close did not return within %v while a flush was stuck", testWait)
 	}
 	select {
 	case err := <-flushed:
 		if err == nil {
 			t.Fatal("the stuck flush reported success")
 		}
-	case <-time.After(waitLong):
+	case <-time.After(testWait):
 		t.Fatal("the stuck flush did not end after Close")
 	}
 }

@@ -1,4 +1,4 @@
-package chatroom
+package wsio
 
 import (
 	"bufio"
@@ -39,8 +39,8 @@ type batchConn struct {
 }
 
 // deadlineSlack is how much earlier than asked a batch's write may time
-// out: writeWait minus this still bounds a client that stopped reading.
-const deadlineSlack = writeWait / 2
+// out: WriteWait minus this still bounds a client that stopped reading.
+const deadlineSlack = WriteWait / 2
 
 func newBatchConn(c net.Conn, pool *bufPool) *batchConn {
 	b := &batchConn{Conn: c, pool: pool}
@@ -140,16 +140,16 @@ func (b *batchConn) setDeadlineLocked(t time.Time) error {
 
 // Close implements net.Conn. What an open batch holds (typically a close
 // frame written while the writer was busy) goes out first, within
-// closeWait.
+// CloseWait.
 func (b *batchConn) Close() error {
 	// A flush blocked on a client that does not read holds b.mu until its
-	// deadline, up to writeWait away: pull the socket's deadline in, so that
-	// closing a slow consumer takes at most closeWait, and what is pending
+	// deadline, up to WriteWait away: pull the socket's deadline in, so that
+	// closing a slow consumer takes at most CloseWait, and what is pending
 	// (a close frame) still goes out to a client that reads.
-	_ = b.Conn.SetWriteDeadline(time.Now().Add(closeWait))
+	_ = b.Conn.SetWriteDeadline(time.Now().Add(CloseWait))
 	b.mu.Lock()
 	if !b.closed && b.buf != nil {
-		if limit := time.Now().Add(closeWait); limit.Before(b.deadline) {
+		if limit := time.Now().Add(CloseWait); limit.Before(b.deadline) {
 			b.deadline = limit
 		}
 		_ = b.flushLocked()
@@ -157,23 +157,4 @@ func (b *batchConn) Close() error {
 	b.closed = true
 	b.mu.Unlock()
 	return b.Conn.Close()
-}
-
-// bufPool shares batch buffers between connections.
-type bufPool struct{ pool sync.Pool }
-
-func (p *bufPool) get() *[]byte {
-	if v, ok := p.pool.Get().(*[]byte); ok {
-		return v
-	}
-	b := make([]byte, 0, 4<<10)
-	return &b
-}
-
-func (p *bufPool) put(b *[]byte) {
-	if cap(*b) > 2*maxBatchBytes {
-		return
-	}
-	*b = (*b)[:0]
-	p.pool.Put(b)
 }

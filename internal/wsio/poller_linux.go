@@ -1,4 +1,4 @@
-package chatroom
+package wsio
 
 import (
 	"errors"
@@ -9,8 +9,9 @@ import (
 
 // poller watches parked connections for input with one epoll instance, so
 // that an idle connection needs no goroutine at all: its reader exits when
-// there is nothing to read, and the poller starts a new one when the client
-// sends something (a frame, a pong, or the end of the connection).
+// there is nothing to read, and the poller calls the connection's Waker
+// (which starts a new reader) when the client sends something (a
+// frame, a pong, or the end of the connection).
 //
 // Connections are registered with EPOLLONESHOT: one event per park, and
 // the reader re-arms only when it parks again, so a connection never has
@@ -20,7 +21,7 @@ type poller struct {
 	wakeR  int // read end of a pipe that stops run
 	wakeW  int
 	mu     sync.Mutex
-	conns  map[int32]*conn
+	conns  map[int32]*Conn
 	nextID int32
 	done   chan struct{}
 }
@@ -46,7 +47,7 @@ func newPoller() (*poller, error) {
 		_ = syscall.Close(pipe[1])
 		return nil, fmt.Errorf("epoll_ctl: %w", err)
 	}
-	p := &poller{epfd: epfd, wakeR: pipe[0], wakeW: pipe[1], conns: make(map[int32]*conn), done: make(chan struct{})}
+	p := &poller{epfd: epfd, wakeR: pipe[0], wakeW: pipe[1], conns: make(map[int32]*Conn), done: make(chan struct{})}
 	go p.run()
 	return p, nil
 }
@@ -70,14 +71,14 @@ func (p *poller) run() {
 			c := p.conns[ev.Fd]
 			p.mu.Unlock()
 			if c != nil {
-				c.unpark()
+				c.waker.Wake()
 			}
 		}
 	}
 }
 
 // add gives c an id; the caller is c's reader, before it first parks.
-func (p *poller) add(c *conn) {
+func (p *poller) add(c *Conn) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for {
@@ -95,7 +96,7 @@ func (p *poller) add(c *conn) {
 
 // remove forgets c. The kernel drops the registration when the socket
 // closes; a late event for c's id finds nothing.
-func (p *poller) remove(c *conn) {
+func (p *poller) remove(c *Conn) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if c.pollID != 0 && p.conns[c.pollID] == c {
@@ -104,7 +105,7 @@ func (p *poller) remove(c *conn) {
 }
 
 // arm asks for one event when c's socket has input or is closed.
-func (p *poller) arm(c *conn) error {
+func (p *poller) arm(c *Conn) error {
 	raw, err := c.out.rawConn()
 	if err != nil {
 		return err
@@ -138,7 +139,7 @@ func (p *poller) arm(c *conn) error {
 
 // inputReady reports whether c's socket has bytes (or an end) to read,
 // without blocking, so that a reader with more to do need not park.
-func inputReady(c *conn) bool {
+func inputReady(c *Conn) bool {
 	raw, err := c.out.rawConn()
 	if err != nil {
 		return true // let the reader find out

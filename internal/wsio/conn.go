@@ -1,0 +1,132 @@
+package wsio
+
+import (
+	"bufio"
+	"time"
+
+	"github.com/gorilla/websocket"
+)
+
+// Conn is one WebSocket connection of a Transport. Its writes are batched;
+// its reads go through gorilla (WS), and between messages it can park: Arm
+// asks for one call of the Waker given to Watch when the client sends
+// something, and the caller's reader may then exit.
+//
+// The read-side methods (ReadControl, Watch, Idle, Arm) are for the one
+// reader the owner runs at a time.
+type Conn struct {
+	ws  *websocket.Conn
+	out *batchConn    // ws's net.Conn when Upgrade made it; else nil
+	br  *bufio.Reader // gorilla's read buffer when it is out's; else nil: no parking
+	t   *Transport
+
+	// The reader's: the poller registration.
+	poller    *poller
+	waker     Waker
+	pollID    int32
+	pollAdded bool
+	noPark    bool
+}
+
+// Waker is told that a parked connection has input (or was closed).
+type Waker interface {
+	// Wake runs on the poller's goroutine: it must not block.
+	Wake()
+}
+
+func newConn(ws *websocket.Conn, t *Transport) Conn {
+	c := Conn{ws: ws, t: t}
+	c.out, _ = ws.NetConn().(*batchConn)
+	if c.out != nil {
+		c.br = readerOf(ws, c.out.br)
+	}
+	return c
+}
+
+// WS is the gorilla connection, for reading messages and for the read
+// settings (limit, deadline, pong handler). Writes go through Conn.
+func (c *Conn) WS() *websocket.Conn { return c.ws }
+
+// WriteFrames writes frames, and a ping if ping is set, within WriteWait,
+// in as few system calls as their size allows. It must not run
+// concurrently with itself.
+func (c *Conn) WriteFrames(frames []*websocket.PreparedMessage, ping bool) error {
+	deadline := time.Now().Add(WriteWait)
+	if c.out != nil {
+		c.out.begin(deadline)
+	} else if err := c.ws.SetWriteDeadline(deadline); err != nil {
+		return err
+	}
+	err := c.writeFrames(frames, ping, deadline)
+	if c.out != nil {
+		if ferr := c.out.flush(); err == nil {
+			err = ferr
+		}
+	}
+	return err
+}
+
+func (c *Conn) writeFrames(frames []*websocket.PreparedMessage, ping bool, deadline time.Time) error {
+	for _, pm := range frames {
+		if err := c.ws.WritePreparedMessage(pm); err != nil {
+			return err
+		}
+	}
+	if ping {
+		return c.ws.WriteControl(websocket.PingMessage, nil, deadline)
+	}
+	return nil
+}
+
+// CloseWith sends a close frame with code and text, within CloseWait, and
+// closes the socket. It may run concurrently with WriteFrames.
+func (c *Conn) CloseWith(code int, text string) {
+	_ = c.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, text), time.Now().Add(CloseWait))
+	_ = c.ws.Close()
+}
+
+// Close closes the socket without a close frame.
+func (c *Conn) Close() error { return c.ws.Close() }
+
+// Watch registers the connection with the transport's poller, with the
+// Waker that Arm's event calls. It reports whether the connection can park:
+// false when there is no poller or gorilla's buffer is hidden.
+func (c *Conn) Watch(w Waker) bool {
+	if c.br == nil {
+		return false
+	}
+	c.poller = c.t.poller()
+	if c.poller == nil {
+		return false
+	}
+	c.waker = w
+	c.poller.add(c)
+	return true
+}
+
+// Unwatch forgets the connection in the poller; a late event finds nothing.
+func (c *Conn) Unwatch() {
+	if c.poller != nil {
+		c.poller.remove(c)
+	}
+}
+
+// CanPark reports whether the reader may park: the connection is watched
+// and parking has not failed before.
+func (c *Conn) CanPark() bool { return c.poller != nil && c.br != nil && !c.noPark }
+
+// Idle reports whether nothing waits to be read, neither in gorilla's
+// buffer nor on the socket. Only then may the reader park.
+func (c *Conn) Idle() bool { return c.br != nil && c.br.Buffered() == 0 && !inputReady(c) }
+
+// Arm asks for one call of the Waker when the socket has input or is
+// closed. Once it returns nil the Waker may run at any moment,
+// on another goroutine: the caller's reader must exit. On an error parking
+// is off for good and the reader carries on.
+func (c *Conn) Arm() error {
+	if err := c.poller.arm(c); err != nil {
+		c.noPark = true
+		return err
+	}
+	return nil
+}

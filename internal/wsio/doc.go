@@ -1,0 +1,20 @@
+// Package wsio is the chatroom's WebSocket transport: the socket under a
+// gorilla/websocket connection, made cheap to hold when idle and cheap to
+// write to when busy.
+//
+//   - Writes are batched (batchconn.go): a writer with several frames queued
+//     sends them in one system call, through a buffer borrowed from a pool
+//     shared by every connection (pool.go), so an idle connection holds no
+//     write buffer.
+//   - Reads can park (poller_linux.go): a connection with nothing to read
+//     needs no goroutine; one epoll instance per Transport wakes its owner
+//     when the client sends something.
+//   - Parking needs to know what gorilla has buffered, which gorilla does not
+//     export: gorilla.go finds its read buffer, and control.go consumes ping
+//     and pong frames beside gorilla. Both fail safe (no parking), and
+//     TestParkingAssumption fails loudly when a gorilla upgrade breaks them.
+//
+// The member (the root package's conn) uses only a Conn's methods: write a
+// batch of frames, close with a code, read messages through gorilla, and
+// ask to be woken when readable.
+package wsio

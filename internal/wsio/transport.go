@@ -1,0 +1,116 @@
+package wsio
+
+import (
+	"bufio"
+	"fmt"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"go.uber.org/zap"
+)
+
+// WriteWait bounds one batch of writes to a client; a client that does not
+// take a frame within it is gone.
+const WriteWait = 10 * time.Second
+
+// CloseWait bounds the write of a close frame or of a pong.
+const CloseWait = time.Second
+
+// readBufferSize is a connection's read buffer: room for a chat message or
+// two; larger frames are read through it in pieces. gorilla reuses the
+// hijacked reader only when it holds more than 256 bytes.
+const readBufferSize = 512
+
+// Transport is what a set of connections shares: the batch buffers and the
+// poller that parked connections wait on. It outlives config reloads with
+// the hub it serves.
+type Transport struct {
+	logger *zap.Logger
+	bufs   bufPool
+
+	pollOnce sync.Once
+	poll     *poller // nil where unavailable, or once stopped
+}
+
+// NewTransport returns a transport; its poller starts on first use.
+func NewTransport(logger *zap.Logger) *Transport {
+	return &Transport{logger: logger}
+}
+
+// NewUpgrader returns the WebSocket upgrader to use with Upgrade: it reads
+// through the hijacked reader and shares write buffers through a pool, so
+// that an idle connection holds as little memory as it can. It accepts any
+// origin: the caller checks origins before the upgrade.
+func NewUpgrader() websocket.Upgrader {
+	return websocket.Upgrader{
+		// 0: use the hijacker's reader (readBufferSize) rather than make one.
+		ReadBufferSize:  0,
+		WriteBufferPool: new(sync.Pool),
+		CheckOrigin:     func(*http.Request) bool { return true },
+	}
+}
+
+// Upgrade upgrades the request to a WebSocket connection on a batchConn. On
+// an error the upgrader has answered the client already. The Conn is
+// returned by value so that its owner can hold it inside its own struct (one
+// allocation less per idle connection); it must not be copied once used.
+func (t *Transport) Upgrade(u *websocket.Upgrader, w http.ResponseWriter, r *http.Request) (Conn, error) {
+	ws, err := u.Upgrade(hijacker{w, &t.bufs}, r, nil)
+	if err != nil {
+		return Conn{}, fmt.Errorf("websocket upgrade: %w", err)
+	}
+	return newConn(ws, t), nil
+}
+
+// poller returns the poller that parked connections wait on, starting it on
+// first use; nil when the system has none (connections then keep a reader
+// goroutine).
+func (t *Transport) poller() *poller {
+	t.pollOnce.Do(func() {
+		p, err := newPoller()
+		if err != nil {
+			t.logger.Debug("no poller for idle connections", zap.Error(err))
+			return
+		}
+		t.poll = p
+	})
+	return t.poll
+}
+
+// Close stops the poller once the connections are closed: a parked
+// connection is torn down by whoever closes it, not by the poller.
+func (t *Transport) Close() {
+	t.pollOnce.Do(func() {}) // no poller may start after this
+	if t.poll != nil {
+		t.poll.stop()
+	}
+}
+
+// hijacker gives gorilla the http.Hijacker it asserts: since Caddy v2.11.5
+// the ResponseWriter a handler gets only unwraps to one. It also hands
+// gorilla a batchConn, so that a connection's writer can send several
+// queued frames in one system call.
+type hijacker struct {
+	http.ResponseWriter
+	bufs *bufPool
+}
+
+// Hijack implements http.Hijacker.
+func (w hijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	nc, brw, err := http.NewResponseController(w.ResponseWriter).Hijack()
+	if err != nil {
+		return nil, nil, err
+	}
+	bc := newBatchConn(nc, w.bufs)
+	if brw.Reader.Buffered() == 0 {
+		// gorilla reads through this reader (it reuses a hijacked reader
+		// of more than 256 bytes when ReadBufferSize is 0), so that the
+		// connection can see what gorilla has buffered before it parks.
+		bc.br = bufio.NewReaderSize(bc, readBufferSize)
+		brw = bufio.NewReadWriter(bc.br, brw.Writer)
+	}
+	return bc, brw, nil
+}

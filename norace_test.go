@@ -1,5 +1,0 @@
-//go:build !race
-
-package chatroom
-
-const raceEnabled = false
