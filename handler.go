@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -51,6 +52,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		member.Nick = chat.CleanUser(repl.ReplaceAll(h.User, ""))
 		opts.nickLocked = member.Nick != ""
 	}
+	opts.resume = parseSince(r.URL.RawQuery, time.Now())
 
 	ws, err := h.upgrader.Upgrade(hijacker{w, &h.hub.writeBufs}, r, nil)
 	if err != nil {

@@ -170,7 +170,7 @@ func (r *memcachedRegistry) publishBatch(batch []outboxEntry, touched map[string
 		}
 		byRoom[e.room] = append(byRoom[e.room], e)
 	}
-	ttl := logTTL(int(r.hist.keep.Load()))
+	ttl := max(logTTL(int(r.hist.keep.Load())), r.hist.resumeWindow())
 	for i, room := range order {
 		events := byRoom[room]
 		last, err := r.reserveSeq(room, uint64(len(events)), ttl, touched)
@@ -372,6 +372,7 @@ func (r *memcachedRegistry) roomsToPoll(now time.Time) []*polledRoom {
 			st := newPollState(now) // Warm could not run: start from now
 			st.since = now
 			r.polls[room] = st
+			r.hist.markGap(room) // what was said before is not read
 		}
 	}
 	out := make([]*polledRoom, 0, len(r.polls))
@@ -554,17 +555,19 @@ func lastChats(entries []*logEntry, keep int) []*chat.Event {
 }
 
 // replaceHistory sets room's history to events, oldest first. The
-// memcached registry uses the embedded one as its per-room cache.
+// memcached registry uses the embedded one as its per-room cache. When
+// events is empty, what the room said before is unknown here.
 func (r *embeddedRegistry) replaceHistory(room string, events []*chat.Event) {
-	keep := int(r.keep.Load())
-	if keep == 0 {
-		return
-	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	h := r.roomHistory(room, true)
-	*h = roomHistory{room: room}
+	*h = *newRoomHistory(room)
+	now := time.Now()
+	keep, window := int(r.keep.Load()), r.resumeWindow()
 	for _, ev := range events {
-		h.add(ev, keep)
+		h.add(ev, now, keep, window)
+	}
+	if len(events) == 0 {
+		h.markGap(now)
 	}
 }

@@ -90,6 +90,11 @@ type Handler struct {
 	// while it runs. Default: 30s.
 	TTL caddy.Duration `json:"ttl,omitempty"`
 
+	// ResumeWindow is how long a room's chat messages stay available to a
+	// client that reconnects with `since`, at most 24h; the memcached room
+	// log keeps its entries at least that long. Default: 2m.
+	ResumeWindow caddy.Duration `json:"resume_window,omitempty"`
+
 	hub      *hub
 	hubKey   string
 	metrics  *metrics
@@ -141,6 +146,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("starting chat registry: %w", err)
 	}
 	h.hub.reg.KeepHistory(h.History)
+	h.hub.reg.KeepWindow(time.Duration(h.ResumeWindow))
 
 	h.origins = make(map[string]bool, len(h.Origins))
 	for _, o := range h.Origins {
@@ -189,6 +195,9 @@ func (h *Handler) setDefaults() {
 	if h.TTL == 0 {
 		h.TTL = caddy.Duration(DefaultTTL)
 	}
+	if h.ResumeWindow == 0 {
+		h.ResumeWindow = caddy.Duration(DefaultResumeWindow)
+	}
 }
 
 // Validate checks the settings; it runs after Provision has filled in
@@ -222,6 +231,8 @@ func (h *Handler) Validate() error {
 		return fmt.Errorf("ping_interval must be positive")
 	case h.TTL < 0:
 		return fmt.Errorf("ttl must be positive")
+	case h.ResumeWindow < 0 || time.Duration(h.ResumeWindow) > MaxResumeWindow:
+		return fmt.Errorf("resume_window must be positive and at most %v, got %v", MaxResumeWindow, time.Duration(h.ResumeWindow))
 	}
 	return nil
 }

@@ -24,6 +24,7 @@ type (
 		FromID   string `json:"from_id"`
 		Msg      string `json:"msg"`
 		MsgTime  string `json:"msg_time"`
+		Seq      string `json:"seq,omitempty"`
 		FromNick string `json:"from_nick,omitempty"`
 	}
 	welcomeFrame struct {
@@ -59,7 +60,7 @@ const sourceServer = "server"
 func encodeFrame(ev *chat.Event) []byte {
 	switch ev.Kind {
 	case chat.KindChat:
-		return mustMarshal(chatFrame{FromID: ev.ID, Msg: ev.Msg, MsgTime: ev.Time, FromNick: ev.Nick})
+		return mustMarshal(chatFrame{FromID: ev.ID, Msg: ev.Msg, MsgTime: ev.Time, Seq: seqString(ev.Seq), FromNick: ev.Nick})
 	case chat.KindJoin, chat.KindLeave, chat.KindNick:
 		return mustMarshal(presenceFrame{Msg: presenceText(ev), MsgSource: sourceServer, Event: ev.Kind, ID: ev.ID, Nick: ev.Nick})
 	}
