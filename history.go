@@ -63,7 +63,7 @@ func (h *roomHistory) add(ev *chat.Event, now time.Time, keep int, window time.D
 	h.stamp(ev, now)
 	if h.held() == 0 && h.last == 0 {
 		// The first event this instance sees: older ones are unknown.
-		h.floor = ev.Seq - 1
+		h.floor = max(h.floor, ev.Seq-1)
 	}
 	h.last = max(h.last, ev.Seq)
 	h.events = append(h.events, heldEvent{ev: ev, at: now})

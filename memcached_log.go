@@ -325,6 +325,11 @@ func (r *memcachedRegistry) pollOnce() {
 			continue // no log (yet, or lost with a restart): nothing new
 		}
 		p.cur = cur
+		if st := p.state; st.next != 0 && (cur+1 < st.next || cur >= st.next+maxLogWindow) {
+			// Entries are skipped (the log was lost, or this instance fell
+			// behind): a resume from before now may miss some.
+			r.hist.markGap(p.name)
+		}
 		p.want = p.state.wanted(cur)
 		for _, n := range p.want {
 			msgKeys = append(msgKeys, r.keys.msg(p.name, n))
