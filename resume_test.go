@@ -329,3 +329,36 @@ func TestClusterResumeAfterMemcachedRestart(t *testing.T) {
 		}
 	}
 }
+
+// TestSlowJoinerWithResume: a replay longer than send_queue is the joiner's
+// burst, not slowness.
+func TestSlowJoinerWithResume(t *testing.T) {
+	p := startCaddy(t, chatSite("\t\tsend_queue 4\n\t\trate_limit 100000 1s\n\t\troom {query.room}"))
+	url := p.url("ws", "/ws?room=burst")
+	y := dial(t, url, nil)
+	yid, _ := y.login()
+	obs := dial(t, url, nil)
+	obs.login()
+	x := dial(t, url, nil)
+	xid, _ := x.login()
+	y.await("join of x", isEvent("join", xid))
+	y.send(map[string]any{"msg": "m0"})
+	s0 := seqOf(t, x.await("m0", isChat(yid, "m0")))
+	_ = x.conn.Close()
+	y.await("leave of x", isEvent("leave", xid))
+	const n = 50
+	want := make([]string, n)
+	for i := range want {
+		want[i] = fmt.Sprintf("b%d", i)
+		y.send(map[string]any{"msg": want[i]})
+		obs.await(want[i], isChat(yid, want[i])) // obs's queue is 4 frames too
+	}
+
+	x2 := dial(t, fmt.Sprintf("%s&since=%d", url, s0), nil)
+	x2.login()
+	chats, resumed := x2.replay(t)
+	checkMissed(t, chats, yid, s0, want...)
+	checkResumed(t, resumed, n, true)
+	y.send(map[string]any{"msg": "live"})
+	x2.await("a live message after the replay", isChat(yid, "live"))
+}
