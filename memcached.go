@@ -159,9 +159,6 @@ func (r *memcachedRegistry) Start(host Host) error {
 // reachabilityChanged wakes the loops that wait for memcached to return.
 func (r *memcachedRegistry) reachabilityChanged(up bool) {
 	if up {
-		// What other instances said while memcached was away did not
-		// reach this one: resumes from before now are not complete.
-		r.hist.markGapAll()
 		wake(r.wakePublisher)
 		wake(r.wakeHeartbeat)
 	}

@@ -31,6 +31,10 @@ const (
 	// instance that falls further behind (or a counter re-seeded far
 	// ahead) skips to the latest entries.
 	maxLogWindow = 512
+	// reseedJump is how far above the position this instance has read a
+	// counter must be to count as re-seeded (from the clock, in µs) rather
+	// than ahead by the entries of a few polls.
+	reseedJump = 1 << 16
 	// maxOutbox bounds the events held while memcached is unreachable;
 	// beyond it the oldest are dropped.
 	maxOutbox = 4096
@@ -325,9 +329,11 @@ func (r *memcachedRegistry) pollOnce() {
 			continue // no log (yet, or lost with a restart): nothing new
 		}
 		p.cur = cur
-		if st := p.state; st.next != 0 && (cur+1 < st.next || cur >= st.next+maxLogWindow) {
-			// Entries are skipped (the log was lost, or this instance fell
-			// behind): a resume from before now may miss some.
+		if st := p.state; st.next > 1 && (cur+1 < st.next || cur-st.next >= reseedJump) {
+			// The log was lost and its counter re-seeded from a clock:
+			// what was in it and not read yet is gone, so a resume from
+			// before now may miss some. (Next 1 is a log this instance
+			// has not seen yet, whose counter starts far above it.)
 			r.hist.markGap(p.name)
 		}
 		p.want = p.state.wanted(cur)

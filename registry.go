@@ -176,16 +176,6 @@ func (r *embeddedRegistry) History(room string, n int) []*chat.Event {
 	return h.latest(n)
 }
 
-// markGapAll is markGap for every room.
-func (r *embeddedRegistry) markGapAll() {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	now := time.Now()
-	for _, el := range r.history {
-		el.Value.(*roomHistory).markGap(now)
-	}
-}
-
 // roomHistory returns the history of room and marks it recently used,
 // creating it (and evicting the least recently used) when asked to.
 func (r *embeddedRegistry) roomHistory(room string, create bool) *roomHistory {

@@ -300,7 +300,16 @@
     if (!msg) return;
     const time = text(frame.msg_time);
     const key = 'in|' + id + '|' + time + '|' + msg;
-    noteSeq(text(frame.seq));
+    const seq = text(frame.seq);
+    if (seq) {
+      // A message has one seq everywhere: one that arrives again (a resume
+      // on an instance that had not yet received it, then live) is shown
+      // once.
+      const seqKey = 'seq|' + id + '|' + seq;
+      if (seen.has(seqKey)) return;
+      remember(seqKey);
+    }
+    noteSeq(seq);
     if (replaying && resuming) {
       // A resume replays what came after our last seq: what we said
       // ourselves before the drop (shown already, as sent, under an old
