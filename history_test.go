@@ -229,3 +229,42 @@ func TestResumedAndChatFrames(t *testing.T) {
 		t.Errorf("chat frame = %s, want %s", got, want)
 	}
 }
+
+// BenchmarkRoomHistoryAdd: recording one chat event in a full ring (the
+// cost Publish adds to every chat message, under the room's lock).
+func BenchmarkRoomHistoryAdd(b *testing.B) {
+	h := newRoomHistory("r")
+	now := time.Now()
+	for range maxHeldEvents {
+		h.add(chatEvent("x"), now, 0, time.Hour)
+	}
+	events := make([]chat.Event, 1024)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := range b.N {
+		ev := &events[i%len(events)]
+		*ev = chat.Event{Kind: chat.KindChat, ID: "1", Msg: "x"}
+		h.add(ev, now, 0, time.Hour)
+	}
+}
+
+// BenchmarkRoomHistorySince: a resume that misses half of a full ring.
+func BenchmarkRoomHistorySince(b *testing.B) {
+	h := newRoomHistory("r")
+	now := time.Now()
+	var mid uint64
+	for i := range maxHeldEvents {
+		ev := chatEvent("x")
+		h.add(ev, now, 0, time.Hour)
+		if i == maxHeldEvents/2 {
+			mid = ev.Seq
+		}
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for range b.N {
+		if events, _ := h.since(mid); len(events) != maxHeldEvents/2-1 {
+			b.Fatalf("since returned %d events", len(events))
+		}
+	}
+}
