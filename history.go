@@ -51,10 +51,15 @@ func newRoomHistory(room string) *roomHistory {
 // stamp gives ev its seq when it has none: the time in microseconds, or one
 // more than the last seq of the room when that is higher, so that seqs
 // rise within the room on this instance even when the clock steps back.
-// An event from another instance keeps the seq it was given there.
+// An event from another instance keeps the seq it was given there, unless
+// it is further ahead of this clock than a resume may be: shared storage
+// is input, and a forged seq near 2^64 would otherwise make every resume
+// look complete and stop the room's seqs from rising.
 func (h *roomHistory) stamp(ev *chat.Event, now time.Time) {
 	if ev.Seq == 0 {
 		ev.Seq = max(uint64(max(now.UnixMicro(), 1)), h.last+1)
+	} else if limit := uint64(max(now.Add(maxSinceAhead).UnixMicro(), 1)); ev.Seq > limit {
+		ev.Seq = limit
 	}
 }
 

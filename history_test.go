@@ -58,6 +58,18 @@ func TestRoomHistoryStampsRisingSeqs(t *testing.T) {
 	if h.last != 5_000_001 {
 		t.Fatalf("last = %d after an older remote seq, want 5000001", h.last)
 	}
+	// A forged seq from shared storage is clamped to a minute ahead.
+	forged := chatEvent("forged")
+	forged.Seq = 1<<64 - 1
+	h.add(forged, now, 0, time.Minute)
+	if want := uint64(now.Add(maxSinceAhead).UnixMicro()); forged.Seq != want || h.last != want {
+		t.Fatalf("forged seq became %d (last %d), want %d", forged.Seq, h.last, want)
+	}
+	e := chatEvent("e")
+	h.add(e, now, 0, time.Minute)
+	if e.Seq != h.last || e.Seq <= forged.Seq {
+		t.Fatalf("seq after a clamped one = %d, want it above %d", e.Seq, forged.Seq)
+	}
 }
 
 func TestRoomHistorySince(t *testing.T) {
