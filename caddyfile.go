@@ -40,6 +40,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		max_connections <n>
 //		ping_interval <duration>
 //		ttl <duration>
+//		resume_window <duration>
 //	}
 func (c *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the directive's name
@@ -146,6 +147,12 @@ func (c *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 			c.TTL = dur
+		case "resume_window":
+			dur, err := durationArg(d)
+			if err != nil {
+				return err
+			}
+			c.ResumeWindow = dur
 		default:
 			return d.Errf("unrecognized chatroom subdirective %q", sub)
 		}

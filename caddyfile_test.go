@@ -45,6 +45,7 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		{"ping_interval", "chatroom {\n ping_interval 10s\n}", Handler{PingInterval: caddy.Duration(10 * time.Second)}},
 		{"ttl", "chatroom {\n ttl 1m\n}", Handler{TTL: caddy.Duration(time.Minute)}},
 		{"ttl days", "chatroom {\n ttl 1d\n}", Handler{TTL: caddy.Duration(24 * time.Hour)}},
+		{"resume_window", "chatroom {\n resume_window 5m\n}", Handler{ResumeWindow: caddy.Duration(5 * time.Minute)}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -94,6 +95,9 @@ func TestUnmarshalCaddyfileErrors(t *testing.T) {
 		{"ping_interval negative", "chatroom {\n ping_interval -1s\n}", `ping_interval: bad duration "-1s"`},
 		{"ttl bad", "chatroom {\n ttl forever\n}", `ttl: bad duration "forever"`},
 		{"ttl missing", "chatroom {\n ttl\n}", "ttl: want exactly one argument, got 0"},
+		{"resume_window bad", "chatroom {\n resume_window later\n}", `resume_window: bad duration "later"`},
+		{"resume_window zero", "chatroom {\n resume_window 0s\n}", `resume_window: bad duration "0s"`},
+		{"resume_window missing", "chatroom {\n resume_window\n}", "resume_window: want exactly one argument, got 0"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -137,6 +141,8 @@ func TestValidateJSONConfig(t *testing.T) {
 		{"history", Handler{History: 5000}, "history must be between"},
 		{"send queue", Handler{SendQueue: -1}, "send_queue"},
 		{"max connections", Handler{MaxConnections: -1}, "max_connections"},
+		{"resume window negative", Handler{ResumeWindow: -1}, "resume_window"},
+		{"resume window too long", Handler{ResumeWindow: caddy.Duration(25 * time.Hour)}, "resume_window must be positive and at most 24h"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

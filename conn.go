@@ -28,6 +28,7 @@ type connOptions struct {
 	rateBurst    int
 	rateText     string // "20 per 1s", for the error frame
 	nickLocked   bool
+	resume       resumeRequest // what the client asked for with since
 }
 
 // Reasons a connection is closed, as counted in metrics.

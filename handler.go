@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -53,6 +54,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		member.Nick = member.User
 		opts.nickLocked = member.User != ""
 	}
+	opts.resume = parseSince(r.URL.RawQuery, time.Now())
 
 	wc, err := h.transport.Upgrade(&h.upgrader, w, r)
 	if err != nil {

@@ -87,6 +87,9 @@ func (h *hub) release() { h.open.Add(-1) }
 // room.
 func (h *hub) keepHistory(n int) { h.reg.KeepHistory(n) }
 
+// keepWindow raises how long the registry keeps chat events for a resume.
+func (h *hub) keepWindow(d time.Duration) { h.reg.KeepWindow(d) }
+
 // start starts the registry once, on the first connection, so that a config
 // that is only validated never registers this instance anywhere.
 func (h *hub) start() error {
@@ -99,7 +102,8 @@ func (h *hub) start() error {
 }
 
 // join adds c to its room: c is sent its welcome, the online list and the
-// room's history, and the other members are told.
+// room's history or what it missed (resume.go), and the other members are
+// told.
 func (h *hub) join(ctx context.Context, c *conn) error {
 	if err := h.start(); err != nil {
 		return err
@@ -124,11 +128,7 @@ func (h *hub) join(ctx context.Context, c *conn) error {
 		r.members = append(r.members, c)
 		c.sendFrame(welcomeMessage(c.member, r.name))
 		c.sendFrame(onlineMessage(h.online(r)))
-		if c.opts.history > 0 {
-			for _, ev := range h.reg.History(r.name, c.opts.history) {
-				c.sendFrame(encodeFrame(ev))
-			}
-		}
+		h.replay(r, c)
 		h.publish(r, chat.NewPresence(chat.KindJoin, c.member), c)
 		r.mu.Unlock()
 		h.metrics.connections.Inc()
@@ -205,11 +205,12 @@ func (h *hub) rename(c *conn, nick string) {
 	h.publish(r, chat.NewPresence(chat.KindNick, c.member), c)
 }
 
-// publish fans ev out to the local members of r except the sender and hands
-// it to the registry. The caller holds r.mu.
+// publish hands ev to the registry and fans it out to the local members of
+// r except the sender. The registry goes first: it gives a chat event the
+// seq that its frame carries. The caller holds r.mu.
 func (h *hub) publish(r *room, ev *chat.Event, sender *conn) {
-	r.broadcast(encodeFrame(ev), sender)
 	h.reg.Publish(r.name, ev)
+	r.broadcast(encodeFrame(ev), sender)
 }
 
 // Deliver implements Host: an event from another instance goes to every

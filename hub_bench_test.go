@@ -143,7 +143,9 @@ func benchBroadcast(b *testing.B, n int) {
 	br := newBenchRoom(b, n)
 	sender := br.members[0]
 	const text = "a 64-byte chat message, much like the ones chatbench sends......"
-	frame := encodeFrame(chat.NewChat(sender.member, text, time.Now()))
+	sized := chat.NewChat(sender.member, text, time.Now())
+	sized.Seq = uint64(time.Now().UnixMicro()) // as long as the seqs stamped: 16 digits
+	frame := encodeFrame(sized)
 	perMessage := wireSize(frame) * int64(n-1)
 	// At most this many messages are in flight, as a window of senders
 	// would keep them: the benchmark measures fan-out, not queueing.

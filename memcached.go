@@ -181,6 +181,17 @@ func (r *memcachedRegistry) KeepHistory(n int) { r.hist.KeepHistory(n) }
 // History implements Registry.
 func (r *memcachedRegistry) History(room string, n int) []*chat.Event { return r.hist.History(room, n) }
 
+// KeepWindow implements Registry: the room log entries live at least as
+// long, so that an instance that warms a room up finds them.
+func (r *memcachedRegistry) KeepWindow(d time.Duration) { r.hist.KeepWindow(d) }
+
+// Since implements Registry, from this instance's copy of the room's
+// history: the poll keeps it while the instance has members in the room,
+// and Warm loads the log's tail into it when it has none.
+func (r *memcachedRegistry) Since(room string, after uint64) ([]*chat.Event, bool) {
+	return r.hist.Since(room, after)
+}
+
 // Publish implements Registry: it records the event in memory and queues it
 // for the room log.
 func (r *memcachedRegistry) Publish(room string, ev *chat.Event) {
@@ -290,9 +301,9 @@ func (r *memcachedRegistry) Warm(_ context.Context, room string) {
 		st := newPollState(time.Now())
 		if hasSeq {
 			st.next = cur + 1
-			if keep > 0 {
-				r.hist.replaceHistory(room, lastChats(tail, keep))
-			}
+			// Kept for resumes too, when no history is: the ring drops
+			// what neither needs.
+			r.hist.replaceHistory(room, lastChats(tail, maxHeldEvents))
 		} else {
 			st.next = 1 // no log yet: whatever appears is new
 		}

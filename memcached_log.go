@@ -31,6 +31,10 @@ const (
 	// instance that falls further behind (or a counter re-seeded far
 	// ahead) skips to the latest entries.
 	maxLogWindow = 512
+	// reseedJump is how far above the position this instance has read a
+	// counter must be to count as re-seeded (from the clock, in µs) rather
+	// than ahead by the entries of a few polls.
+	reseedJump = 1 << 16
 	// maxOutbox bounds the events held while memcached is unreachable;
 	// beyond it the oldest are dropped.
 	maxOutbox = 4096
@@ -170,7 +174,7 @@ func (r *memcachedRegistry) publishBatch(batch []outboxEntry, touched map[string
 		}
 		byRoom[e.room] = append(byRoom[e.room], e)
 	}
-	ttl := logTTL(int(r.hist.keep.Load()))
+	ttl := max(logTTL(int(r.hist.keep.Load())), r.hist.resumeWindow())
 	for i, room := range order {
 		events := byRoom[room]
 		last, err := r.reserveSeq(room, uint64(len(events)), ttl, touched)
@@ -325,6 +329,13 @@ func (r *memcachedRegistry) pollOnce() {
 			continue // no log (yet, or lost with a restart): nothing new
 		}
 		p.cur = cur
+		if st := p.state; st.next > 1 && (cur+1 < st.next || cur-st.next >= reseedJump) {
+			// The log was lost and its counter re-seeded from a clock:
+			// what was in it and not read yet is gone, so a resume from
+			// before now may miss some. (Next 1 is a log this instance
+			// has not seen yet, whose counter starts far above it.)
+			r.hist.markGap(p.name)
+		}
 		p.want = p.state.wanted(cur)
 		for _, n := range p.want {
 			msgKeys = append(msgKeys, r.keys.msg(p.name, n))
@@ -372,6 +383,7 @@ func (r *memcachedRegistry) roomsToPoll(now time.Time) []*polledRoom {
 			st := newPollState(now) // Warm could not run: start from now
 			st.since = now
 			r.polls[room] = st
+			r.hist.markGap(room) // what was said before is not read
 		}
 	}
 	out := make([]*polledRoom, 0, len(r.polls))
@@ -554,17 +566,19 @@ func lastChats(entries []*logEntry, keep int) []*chat.Event {
 }
 
 // replaceHistory sets room's history to events, oldest first. The
-// memcached registry uses the embedded one as its per-room cache.
+// memcached registry uses the embedded one as its per-room cache. When
+// events is empty, what the room said before is unknown here.
 func (r *embeddedRegistry) replaceHistory(room string, events []*chat.Event) {
-	keep := int(r.keep.Load())
-	if keep == 0 {
-		return
-	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	h := r.roomHistory(room, true)
-	*h = roomHistory{room: room}
+	*h = *newRoomHistory(room)
+	now := time.Now()
+	keep, window := int(r.keep.Load()), r.resumeWindow()
 	for _, ev := range events {
-		h.add(ev, keep)
+		h.add(ev, now, keep, window)
+	}
+	if len(events) == 0 {
+		h.markGap(now)
 	}
 }

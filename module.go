@@ -91,6 +91,11 @@ type Handler struct {
 	// while it runs. Default: 30s.
 	TTL caddy.Duration `json:"ttl,omitempty"`
 
+	// ResumeWindow is how long a room's chat messages stay available to a
+	// client that reconnects with `since`, at most 24h; the memcached room
+	// log keeps its entries at least that long. Default: 2m.
+	ResumeWindow caddy.Duration `json:"resume_window,omitempty"`
+
 	hub       *hub
 	transport *wsio.Transport // the sockets of the hub's connections
 	hubKey    string
@@ -146,6 +151,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("starting chat registry: %w", err)
 	}
 	h.hub.keepHistory(h.History)
+	h.hub.keepWindow(time.Duration(h.ResumeWindow))
 	mods := ctx.Modules()
 	if len(mods) > 0 && any(mods[len(mods)-1]) == any(h) {
 		mods = mods[:len(mods)-1] // the modules around h, outermost first
@@ -199,6 +205,9 @@ func (h *Handler) setDefaults() {
 	if h.TTL == 0 {
 		h.TTL = caddy.Duration(DefaultTTL)
 	}
+	if h.ResumeWindow == 0 {
+		h.ResumeWindow = caddy.Duration(DefaultResumeWindow)
+	}
 }
 
 // Validate checks the settings; it runs after Provision has filled in
@@ -232,6 +241,8 @@ func (h *Handler) Validate() error {
 		return fmt.Errorf("ping_interval must be positive")
 	case h.TTL < 0:
 		return fmt.Errorf("ttl must be positive")
+	case h.ResumeWindow < 0 || time.Duration(h.ResumeWindow) > MaxResumeWindow:
+		return fmt.Errorf("resume_window must be positive and at most %v, got %v", MaxResumeWindow, time.Duration(h.ResumeWindow))
 	}
 	return nil
 }

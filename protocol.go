@@ -25,6 +25,7 @@ type (
 		FromID   string `json:"from_id"`
 		Msg      string `json:"msg"`
 		MsgTime  string `json:"msg_time"`
+		Seq      string `json:"seq,omitempty"`
 		FromNick string `json:"from_nick,omitempty"`
 		// FromUser is set only by the handler's `user` template, never by
 		// a nick the sender chose.
@@ -65,7 +66,7 @@ const sourceServer = "server"
 func encodeFrame(ev *chat.Event) []byte {
 	switch ev.Kind {
 	case chat.KindChat:
-		return mustMarshal(chatFrame{FromID: ev.ID, Msg: ev.Msg, MsgTime: ev.Time, FromNick: ev.Nick, FromUser: ev.User})
+		return mustMarshal(chatFrame{FromID: ev.ID, Msg: ev.Msg, MsgTime: ev.Time, Seq: seqString(ev.Seq), FromNick: ev.Nick, FromUser: ev.User})
 	case chat.KindJoin, chat.KindLeave, chat.KindNick:
 		return mustMarshal(presenceFrame{Msg: presenceText(ev), MsgSource: sourceServer, Event: ev.Kind, ID: ev.ID, Nick: ev.Nick, User: ev.User})
 	}

@@ -144,10 +144,10 @@ func mustString(v any) string {
 
 func TestEmbeddedHistory(t *testing.T) {
 	r := newEmbeddedRegistry()
-	r.Publish("a", &chat.Event{Kind: chat.KindChat, Msg: "dropped: history is off"})
-	if got := r.History("a", 10); len(got) != 0 {
-		t.Fatalf("history kept %d events with KeepHistory never called", len(got))
-	}
+	// Chat events are held for resumes even with history off; how many a
+	// joiner gets is its handler's history, the n of History. (Bounds by
+	// time and count: history_test.go.)
+	r.Publish("a", &chat.Event{Kind: chat.KindChat, Msg: "0"})
 	r.KeepHistory(3)
 	for _, m := range []string{"1", "2", "3", "4", "5"} {
 		r.Publish("a", &chat.Event{Kind: chat.KindChat, Msg: m})
@@ -161,17 +161,19 @@ func TestEmbeddedHistory(t *testing.T) {
 		}
 		return strings.Join(s, ",")
 	}
-	if got := msgs(r.History("a", 10)); got != "3,4,5" {
-		t.Errorf("History(a, 10) = %s, want 3,4,5 (the last three chat events, oldest first)", got)
+	if got := msgs(r.History("a", 3)); got != "3,4,5" {
+		t.Errorf("History(a, 3) = %s, want 3,4,5 (the last three chat events, oldest first)", got)
 	}
 	if got := msgs(r.History("a", 2)); got != "4,5" {
 		t.Errorf("History(a, 2) = %s, want 4,5", got)
 	}
+	if got := msgs(r.History("a", 10)); got != "0,1,2,3,4,5" {
+		t.Errorf("History(a, 10) = %s, want 0 to 5: all within the resume window", got)
+	}
 	r.KeepHistory(5)
 	r.KeepHistory(1) // never lowers
-	r.Publish("a", &chat.Event{Kind: chat.KindChat, Msg: "6"})
-	if got := msgs(r.History("a", 10)); got != "3,4,5,6" {
-		t.Errorf("after growing to 5: History = %s, want 3,4,5,6", got)
+	if got := r.keep.Load(); got != 5 {
+		t.Errorf("keep = %d after KeepHistory(5) and (1), want 5", got)
 	}
 	if got := msgs(r.History("nope", 10)); got != "" {
 		t.Errorf("History of an unknown room = %s, want none", got)

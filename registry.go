@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // Registry is where the rooms of one instance meet the rest of the cluster:
@@ -14,7 +15,7 @@ import (
 // and presence between instances. The embedded registry serves one instance;
 // the memcached registry serves many.
 //
-// The hub calls Publish, History and RemoteMembers while it holds a room's
+// The hub calls Publish, History, Since and RemoteMembers while it holds a room's
 // lock, so that what a joiner is shown and what it is sent afterwards are in
 // one order: those methods must answer from memory and never wait on the
 // network. Warm and NewID may wait, briefly, before the lock is taken.
@@ -30,17 +31,27 @@ type Registry interface {
 	// instance has no member there yet.
 	Warm(ctx context.Context, room string)
 	// Publish hands an event that happened on this instance to the other
-	// instances, and records chat events in the room's history. Events of
-	// one room are published in the order they happened.
+	// instances, and records chat events in the room's history, giving
+	// them their seq first (see roomHistory.stamp): the hub encodes the
+	// frame after Publish returns. Events of one room are published in the
+	// order they happened.
 	Publish(room string, ev *chat.Event)
 	// History returns at most n of the room's latest chat events, oldest
 	// first.
 	History(room string, n int) []*chat.Event
+	// Since returns the room's chat events held with a seq above after,
+	// oldest first, for a client that resumes; complete is false when
+	// some events after after may no longer be held (or after is unknown
+	// here).
+	Since(room string, after uint64) (events []*chat.Event, complete bool)
 	// RemoteMembers returns the room's members connected to other instances.
 	RemoteMembers(room string) []chat.Member
 	// KeepHistory raises the number of chat events kept per room to at
 	// least n.
 	KeepHistory(n int)
+	// KeepWindow raises how long chat events are kept for clients that
+	// resume to at least d.
+	KeepWindow(d time.Duration)
 	// Close stops background work and removes what this instance left in
 	// shared storage. It is called once, when the last config using the
 	// registry is unloaded.
@@ -66,17 +77,11 @@ const maxIdleHistoryRooms = 4096
 type embeddedRegistry struct {
 	lastID atomic.Uint64
 	keep   atomic.Int64
+	window atomic.Int64 // time.Duration; 0 until KeepWindow
 
 	mu      sync.Mutex
 	history map[string]*list.Element // of *roomHistory, most recent use at the front
 	order   *list.List
-}
-
-type roomHistory struct {
-	room   string
-	events []*chat.Event // ring buffer
-	next   int
-	full   bool
 }
 
 func newEmbeddedRegistry() *embeddedRegistry {
@@ -107,16 +112,57 @@ func (r *embeddedRegistry) KeepHistory(n int) {
 	}
 }
 
-// Publish implements Registry.
+// KeepWindow implements Registry.
+func (r *embeddedRegistry) KeepWindow(d time.Duration) {
+	for {
+		cur := r.window.Load()
+		if int64(d) <= cur || r.window.CompareAndSwap(cur, int64(d)) {
+			return
+		}
+	}
+}
+
+// resumeWindow is how long events are kept for clients that resume.
+func (r *embeddedRegistry) resumeWindow() time.Duration {
+	if w := time.Duration(r.window.Load()); w > 0 {
+		return w
+	}
+	return DefaultResumeWindow
+}
+
+// Publish implements Registry: a chat event is stamped with its seq and
+// kept. An event from another instance (the memcached registry records
+// those here too) keeps the seq it has.
 func (r *embeddedRegistry) Publish(room string, ev *chat.Event) {
-	keep := int(r.keep.Load())
-	if ev.Kind != chat.KindChat || keep == 0 {
+	if ev.Kind != chat.KindChat {
 		return
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	h := r.roomHistory(room, true)
-	h.add(ev, keep)
+	h.add(ev, time.Now(), int(r.keep.Load()), r.resumeWindow())
+}
+
+// Since implements Registry.
+func (r *embeddedRegistry) Since(room string, after uint64) ([]*chat.Event, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	h := r.roomHistory(room, false)
+	if h == nil {
+		return nil, false // nothing of the room in memory: not even after
+	}
+	h.prune(time.Now(), int(r.keep.Load()), r.resumeWindow())
+	return h.since(after)
+}
+
+// markGap records that events of room up to now may be missing here, so
+// that a resume from before now is not called complete.
+func (r *embeddedRegistry) markGap(room string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if h := r.roomHistory(room, false); h != nil {
+		h.markGap(time.Now())
+	}
 }
 
 // History implements Registry.
@@ -145,45 +191,10 @@ func (r *embeddedRegistry) roomHistory(room string, create bool) *roomHistory {
 		r.order.Remove(oldest)
 		delete(r.history, oldest.Value.(*roomHistory).room)
 	}
-	h := &roomHistory{room: room}
+	h := newRoomHistory(room)
 	r.history[room] = r.order.PushFront(h)
 	return h
 }
 
 // Close implements Registry.
 func (r *embeddedRegistry) Close() error { return nil }
-
-// add appends ev, keeping the last keep events.
-func (h *roomHistory) add(ev *chat.Event, keep int) {
-	if len(h.events) != keep {
-		h.resize(keep)
-	}
-	h.events[h.next] = ev
-	h.next = (h.next + 1) % keep
-	if h.next == 0 {
-		h.full = true
-	}
-}
-
-// resize changes the ring's capacity, keeping the latest events.
-func (h *roomHistory) resize(keep int) {
-	latest := h.latest(keep)
-	h.events = make([]*chat.Event, keep)
-	copy(h.events, latest)
-	h.next = len(latest) % keep
-	h.full = len(latest) == keep
-}
-
-// latest returns at most n events, oldest first.
-func (h *roomHistory) latest(n int) []*chat.Event {
-	var ordered []*chat.Event
-	if h.full {
-		ordered = append(append(ordered, h.events[h.next:]...), h.events[:h.next]...)
-	} else {
-		ordered = append(ordered, h.events[:h.next]...)
-	}
-	if len(ordered) > n {
-		ordered = ordered[len(ordered)-n:]
-	}
-	return ordered
-}

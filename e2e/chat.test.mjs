@@ -522,3 +522,73 @@ test('a reconnect does not repeat the history the server replays', { timeout: TE
     await b.context.close();
   }
 });
+
+test('a page resumes with since after its socket drops: nothing missed, nothing twice', { timeout: TEST_TIMEOUT }, async () => {
+  // Only A's connection drops; the server keeps running. A's WebSocket goes
+  // through Playwright, which passes frames on (and records those from the
+  // server) and can cut the connection.
+  const room = uniqueRoom('resume');
+  const b = await openChat(room);
+  const context = await browser.newContext({ viewport: { width: 760, height: 560 } });
+  try {
+    const page = await context.newPage();
+    const routes = [];
+    let openGate;
+    const gate = new Promise((resolve) => { openGate = resolve; });
+    await page.routeWebSocket(/\/ws/, async (ws) => {
+      const route = { ws, url: new URL(ws.url()), frames: [] };
+      routes.push(route);
+      if (routes.length > 1) await gate; // hold the reconnect until B has spoken
+      route.server = ws.connectToServer();
+      route.server.onMessage((data) => {
+        route.frames.push(JSON.parse(data));
+        ws.send(data);
+      });
+    });
+    await page.goto(`${BASE}/?room=${encodeURIComponent(room)}`, { timeout: WAIT });
+    await awaitConnected(page, 1);
+    const aid = (await page.locator('#my-id').textContent()).replace(/^#/, '');
+    await awaitOnline(b.page, [aid, b.id]);
+    assert.equal(routes[0].url.searchParams.has('since'), false, 'a first connection does not resume');
+
+    await send(b.page, 'one');
+    await send(b.page, 'two');
+    await awaitMessage(page, 'two');
+    const two = routes[0].frames.find((f) => f.msg === 'two');
+    assert.match(two?.seq ?? '', /^\d+$/, 'chat frames carry a seq');
+    await send(page, 'three'); // A's own: in the replay under its old id
+    await awaitMessage(b.page, 'three');
+
+    await routes[0].ws.close({ code: 4000, reason: 'test drop' });
+    routes[0].server.close();
+    await awaitNotice(page, 'Disconnected');
+    await awaitOnline(b.page, [b.id]);
+    const away = ['away 1', 'away 2', 'away 3'];
+    for (const m of away) await send(b.page, m);
+    openGate();
+    await awaitConnected(page, 2);
+    const newId = (await page.locator('#my-id').textContent()).replace(/^#/, '');
+    assert.notEqual(newId, aid);
+    assert.equal(routes[1].url.searchParams.get('since'), two.seq, 'the reconnect resumes from the last seq the page got');
+    await awaitOnline(b.page, [newId, b.id]);
+    await send(b.page, 'four');
+    await awaitMessage(page, 'four');
+
+    // What the server replayed: A's own message and the three, then resumed.
+    const replay = routes[1].frames.slice(2, 6);
+    assert.deepEqual(replay.map((f) => f.msg), ['three', ...away], 'the server replays what came after since');
+    assert.equal(replay[0].from_id, aid);
+    const resumed = routes[1].frames[6];
+    assert.equal(resumed.event, 'resumed');
+    assert.equal(resumed.missed, '4');
+    assert.equal(resumed.complete, true);
+
+    const texts = await page.locator('#log li.msg .text').allTextContents();
+    assert.deepEqual(texts, ['one', 'two', 'three', ...away, 'four'], 'each message once, in order');
+    assert.equal(await page.locator('#log li.notice', { hasText: 'no longer available' }).count(), 0);
+    assertNoProblems(b);
+  } finally {
+    await context.close();
+    await b.context.close();
+  }
+});

@@ -22,6 +22,8 @@
   // Bounds on what a long-lived tab keeps.
   const MAX_LOG_ENTRIES = 500;
   const MAX_SEEN = 1000;
+  const MAX_OLD_IDS = 50;
+  const SEQ_PATTERN = /^[0-9]{1,20}$/;
   const NICK_STORAGE_KEY = 'chatroom.nick';
 
   const el = (id) => document.getElementById(id);
@@ -66,6 +68,13 @@
   // replays after a reconnect is not shown twice.
   const seen = new Set();
   let replaying = false;
+  // Resume: the highest seq of a chat message this page has received in its
+  // room, sent as since on reconnecting, so that the server replays exactly
+  // what came after it; and the ids this page had, whose messages in that
+  // replay it shows already (as sent).
+  let lastSeq = 0n;
+  const oldIds = new Set();
+  let resuming = false; // the current socket asked for a resume
   let unread = 0;
 
   const params = new URLSearchParams(location.search);
@@ -87,6 +96,7 @@
     const url = new URL(document.body.dataset.endpoint || '/ws', location.href);
     url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
     url.searchParams.set('room', room);
+    if (lastSeq > 0n) url.searchParams.set('since', String(lastSeq));
     return url.href;
   }
 
@@ -107,6 +117,7 @@
       return;
     }
     socket = ws;
+    resuming = lastSeq > 0n;
     let welcomed = false;
     ws.onmessage = (ev) => {
       if (socket !== ws || typeof ev.data !== 'string') return;
@@ -129,6 +140,7 @@
   function onClosed(ev, welcomed) {
     open = false;
     replaying = false;
+    resuming = false;
     ui.sendButton.disabled = true;
     ui.people.classList.add('stale');
     if (welcomed) {
@@ -213,6 +225,10 @@
     attempt = 0;
     open = true;
     myId = id;
+    if (id) {
+      oldIds.add(id);
+      if (oldIds.size > MAX_OLD_IDS) oldIds.delete(oldIds.values().next().value);
+    }
     ui.myId.textContent = id ? '#' + id : 'connected';
     const serverNick = text(frame.user) || text(frame.nick);
     verified.clear();
@@ -243,8 +259,11 @@
       onChat(frame);
     } else if (frame.event === 'online') {
       onOnline(frame);
+    } else if (frame.event === 'resumed') {
+      onResumed(frame);
     } else if (frame.event === 'join' || frame.event === 'leave' || frame.event === 'nick') {
       replaying = false;
+      resuming = false;
       onPresence(frame);
     } else if (text(frame.msg)) {
       // A server notice this page does not know: show its text.
@@ -297,7 +316,23 @@
     if (!msg) return;
     const time = text(frame.msg_time);
     const key = 'in|' + id + '|' + time + '|' + msg;
-    if (replaying) {
+    const seq = text(frame.seq);
+    if (seq) {
+      // A message has one seq everywhere: one that arrives again (a resume
+      // on an instance that had not yet received it, then live) is shown
+      // once.
+      const seqKey = 'seq|' + id + '|' + seq;
+      if (seen.has(seqKey)) return;
+      remember(seqKey);
+    }
+    noteSeq(seq);
+    if (replaying && resuming) {
+      // A resume replays what came after our last seq: what we said
+      // ourselves before the drop (shown already, as sent, under an old
+      // id) and what others said meanwhile. The seen check covers a
+      // server that replays its history instead.
+      if (oldIds.has(id) || seen.has(key)) return;
+    } else if (replaying) {
       // History replayed after a reconnect starts with what this page
       // already shows; the first message it has not shown ends the overlap.
       if (seen.has(key) || seen.has('out|' + id + '|' + msg)) return;
@@ -310,6 +345,22 @@
     if (document.hidden) {
       unread++;
       document.title = '(' + unread + ') ' + baseTitle;
+    }
+  }
+
+  function noteSeq(seq) {
+    if (!SEQ_PATTERN.test(seq)) return;
+    const n = BigInt(seq);
+    if (n > lastSeq) lastSeq = n;
+  }
+
+  // onResumed ends the replay of a resume. complete false: some messages
+  // of the time away are no longer held by the server.
+  function onResumed(frame) {
+    replaying = false;
+    resuming = false;
+    if (frame.complete !== true) {
+      addNotice('Some messages sent while you were away are no longer available.', 'error');
     }
   }
 
