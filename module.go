@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/caddy-chatroom/chatroom/internal/memcached"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/gorilla/websocket"
@@ -270,11 +271,18 @@ func (h *Handler) newRegistry() (Registry, error) {
 	if len(h.Memcached) == 0 {
 		return newEmbeddedRegistry(), nil
 	}
-	return newMemcachedRegistry(memcachedConfig{
-		Servers: h.Memcached,
-		Prefix:  h.Prefix,
-		TTL:     time.Duration(h.TTL),
-	}, h.metrics, h.logger)
+	b, err := memcached.New(memcached.Config{
+		Servers:        h.Memcached,
+		Prefix:         h.Prefix,
+		TTL:            time.Duration(h.TTL),
+		MaxMessageSize: int(h.MaxMessageSize),
+		History:        newEmbeddedRegistry(),
+		Metrics:        h.metrics.memcached(),
+	}, h.logger)
+	if err != nil {
+		return nil, fmt.Errorf("memcached registry: %w", err)
+	}
+	return b, nil
 }
 
 // Cleanup releases this config's use of the hub; the last config to go

@@ -4,6 +4,7 @@ import (
 	"container/list"
 	"context"
 	"github.com/caddy-chatroom/chatroom/internal/chat"
+	"github.com/caddy-chatroom/chatroom/internal/cluster"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -12,7 +13,7 @@ import (
 // Registry is where the rooms of one instance meet the rest of the cluster:
 // it hands out connection ids, keeps each room's history, and carries events
 // and presence between instances. The embedded registry serves one instance;
-// the memcached registry serves many.
+// a cluster backend (internal/memcached) serves many.
 //
 // The hub calls Publish, History and RemoteMembers while it holds a room's
 // lock, so that what a joiner is shown and what it is sent afterwards are in
@@ -47,14 +48,9 @@ type Registry interface {
 	Close() error
 }
 
-// Host is the local side of a registry: the hub.
-type Host interface {
-	// Deliver hands an event that happened on another instance to the local
-	// members of room.
-	Deliver(room string, ev *chat.Event)
-	// LocalMembers returns the members of every room on this instance.
-	LocalMembers() map[string][]chat.Member
-}
+// Host is the local side of a registry: the hub. A cluster backend hands
+// it what happened on other instances.
+type Host = cluster.Handler
 
 // maxIdleHistoryRooms bounds how many rooms without members keep their
 // history in the embedded registry, so that a client inventing room names
@@ -62,7 +58,8 @@ type Host interface {
 const maxIdleHistoryRooms = 4096
 
 // embeddedRegistry is the registry of a single instance: ids from a counter,
-// history in memory, no remote members.
+// history in memory, no remote members. A cluster backend keeps this
+// instance's copy of each room's history in one (cluster.History).
 type embeddedRegistry struct {
 	lastID atomic.Uint64
 	keep   atomic.Int64
@@ -152,6 +149,25 @@ func (r *embeddedRegistry) roomHistory(room string, create bool) *roomHistory {
 
 // Close implements Registry.
 func (r *embeddedRegistry) Close() error { return nil }
+
+// Kept implements cluster.History.
+func (r *embeddedRegistry) Kept() int { return int(r.keep.Load()) }
+
+// Replace implements cluster.History: a cluster backend sets the history
+// of a room this instance had no member in to what the cluster holds.
+func (r *embeddedRegistry) Replace(room string, events []*chat.Event) {
+	keep := int(r.keep.Load())
+	if keep == 0 {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	h := r.roomHistory(room, true)
+	*h = roomHistory{room: room}
+	for _, ev := range events {
+		h.add(ev, keep)
+	}
+}
 
 // add appends ev, keeping the last keep events.
 func (h *roomHistory) add(ev *chat.Event, keep int) {
