@@ -24,6 +24,12 @@ import (
 // none is given.
 const DefaultListCap = 256
 
+// maxGenAhead bounds how far an event's generation may run ahead of what
+// is known of its node: a forged or corrupt generation far ahead would
+// otherwise shut out every later event and snapshot of that room. A node
+// makes far fewer presence changes between two of its snapshots.
+const maxGenAhead = 1 << 16
+
 // Snapshot is a node's presence at generation Gen.
 type Snapshot struct {
 	Gen   uint64
@@ -188,7 +194,7 @@ func (v *View) ApplyEvent(id, room string, gen uint64, ev *chat.Event, now time.
 	if rv != nil {
 		gate = max(gate, rv.gen)
 	}
-	if gen <= gate {
+	if gen <= gate || gen-gate > maxGenAhead {
 		return false
 	}
 	if rv == nil {

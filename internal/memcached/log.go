@@ -160,7 +160,7 @@ func (r *Backend) publishBatch(batch []outboxEntry) []outboxEntry {
 			if unavailable(err) {
 				rest = append(rest, events...)
 			}
-			continue // a corrupt counter: these events cannot be logged
+			continue // an unusable counter: these events cannot be logged
 		}
 		first := last - uint64(len(events)) + 1
 		for j, e := range events {
@@ -202,9 +202,12 @@ func (r *Backend) publishBatch(batch []outboxEntry) []outboxEntry {
 // A counter that cannot hold n more (forged near 2^64) is reset.
 func (r *Backend) reserve(s *server, key string, n uint64) (uint64, error) {
 	last, err := s.incr(key, n)
-	if err == nil && last < n {
-		// memcached wraps counters at 2^64: start over from the seed.
-		if err = s.del(key); err == nil {
+	if err == nil && last < n || err != nil && !isMiss(err) && !unavailable(err) {
+		// memcached wraps counters at 2^64, and refuses to increment
+		// a value that is not a number: start over from a seed.
+		r.metrics.rejected("counter")
+		r.logger.Warn("relay partition counter unusable: seeding it again", zap.String("key", key), zap.Error(err))
+		if err = s.del(key); err == nil || isMiss(err) {
 			err = memcache.ErrCacheMiss
 		}
 	}
