@@ -303,6 +303,11 @@ func (p *poller) once(now time.Time) {
 	r.mu.Lock()
 	own := r.own
 	r.own = [partitions][]uint64{}
+	for room, at := range r.warm {
+		if now.Sub(at) >= warmFor {
+			delete(r.warm, room) // its joiner came (the room is hosted) or never will
+		}
+	}
 	r.mu.Unlock()
 
 	want := make([][]uint64, partitions)

@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddy-chatroom/chatroom/internal/chat"
@@ -87,6 +88,8 @@ type Backend struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+
+	beats atomic.Uint64 // heartbeats made, for tests that wait for some
 
 	wakePublisher chan struct{}
 	wakeHeartbeat chan struct{}

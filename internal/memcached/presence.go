@@ -65,6 +65,7 @@ func (r *Backend) beat() {
 	r.writeSnapshot()
 	ids := r.joinIndex()
 	r.readSnapshots(ids)
+	r.beats.Add(1)
 }
 
 // lastWritten remembers the generation whose chunks were last written, so
