@@ -100,6 +100,16 @@ func TestRelaysEventsInOrder(t *testing.T) {
 			t.Fatalf("chat %d: got %q in room %q from %s, want %q in r from 1", i, e.ev.Msg, e.room, e.ev.ID, chatText(i))
 		}
 	}
+	// Nothing is delivered twice, however long the room stays quiet:
+	// a few polls later, a marker shows what came in between.
+	b.awaitPolls(t, 5)
+	a.Publish("r", chatEv("1", "marker"))
+	b.host.await(t, "marker", func(e hostEvent) bool {
+		if e.ev.Kind == chat.KindChat && e.ev.Msg != "marker" {
+			t.Fatalf("b was delivered %q again", e.ev.Msg)
+		}
+		return e.ev.Msg == "marker"
+	})
 	b.Publish("r", chatEv("2", "from b"))
 	got := a.host.await(t, "chat from b", func(e hostEvent) bool { return e.ev.Kind == chat.KindChat })
 	if got.ev.Msg != "from b" {
@@ -110,6 +120,13 @@ func TestRelaysEventsInOrder(t *testing.T) {
 			t.Fatalf("b was delivered a chat (%q) that it published itself or that belongs to another room", e.ev.Msg)
 		}
 	}
+}
+
+// awaitPolls waits until r polled the partitions n more times.
+func (r *testBackend) awaitPolls(t *testing.T, n uint64) {
+	t.Helper()
+	target := r.polls.Load() + n
+	awaitCondition(t, strconv.FormatUint(n, 10)+" polls", func() bool { return r.polls.Load() >= target })
 }
 
 func TestPresenceAcrossInstances(t *testing.T) {

@@ -292,6 +292,7 @@ func (p *poller) loop() {
 // moved, and delivers what other instances published.
 func (p *poller) once(now time.Time) {
 	r := p.r
+	defer r.polls.Add(1)
 	counters := make(map[*server][]string)
 	for i := 0; i < partitions; i++ {
 		key := r.keys.partition(i)
@@ -430,7 +431,7 @@ func (p *poller) wanted(i int, cur uint64) []uint64 {
 		r.metrics.skipped(1)
 		r.logger.Warn("relay partition counter went back: following it from there", zap.Int("partition", i), zap.Uint64("was", st.next-1), zap.Uint64("now", cur))
 		p.reset(st, cur+1-min(cur, jumpWindow))
-	case cur-st.next >= maxBacklog:
+	case cur >= st.next && cur-st.next >= maxBacklog:
 		// Further ahead than the log is meant to be read: a re-seeded
 		// counter, or a forged value.
 		r.metrics.skipped(1)

@@ -90,6 +90,7 @@ type Backend struct {
 	wg     sync.WaitGroup
 
 	beats atomic.Uint64 // heartbeats made, for tests that wait for some
+	polls atomic.Uint64 // polls made, likewise
 
 	wakePublisher chan struct{}
 	wakeHeartbeat chan struct{}
