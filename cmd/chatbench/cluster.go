@@ -141,6 +141,8 @@ type clusterEnv struct {
 	instances []*exec.Cmd
 	urls      []*url.URL
 
+	holders []holder
+
 	mu    sync.Mutex
 	conns []*websocket.Conn
 }
@@ -217,6 +219,17 @@ func awaitPort(addr string) error {
 }
 
 func (e *clusterEnv) stop() {
+	for _, h := range e.holders {
+		_ = h.stdin.Close()
+		done := make(chan struct{})
+		go func() { _ = h.cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second):
+			_ = h.cmd.Process.Kill()
+			<-done
+		}
+	}
 	e.mu.Lock()
 	conns := e.conns
 	e.conns = nil
@@ -240,14 +253,26 @@ func (e *clusterEnv) stop() {
 	_ = os.RemoveAll(e.dir)
 }
 
-// stat reads one of memcached's general statistics.
+// stat reads one of memcached's general statistics, trying three times:
+// a memcached the old design overloads answers late.
 func (e *clusterEnv) stat(name string) (uint64, error) {
-	c, err := net.DialTimeout("tcp", e.mcAddr, time.Second)
+	var err error
+	for try := 0; try < 3; try++ {
+		var n uint64
+		if n, err = e.statOnce(name); err == nil {
+			return n, nil
+		}
+	}
+	return 0, err
+}
+
+func (e *clusterEnv) statOnce(name string) (uint64, error) {
+	c, err := net.DialTimeout("tcp", e.mcAddr, 5*time.Second)
 	if err != nil {
 		return 0, err
 	}
 	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	_ = c.SetDeadline(time.Now().Add(20 * time.Second))
 	if _, err := c.Write([]byte("stats\r\n")); err != nil {
 		return 0, err
 	}
@@ -361,14 +386,79 @@ func (e *clusterEnv) open(i, n int, room func(k int) string, onText func(k int, 
 	return conns, nil
 }
 
-// idle holds one member per room on every instance, nobody speaking.
+// idle holds one member per room on every instance, nobody speaking. Each
+// instance's members are held by a child process ("chatbench hold"), so
+// that 10,000 rooms on 3 instances stay within one process's open files.
 func (e *clusterEnv) idle(rooms int, settle, window time.Duration) (map[string]float64, error) {
 	for i := range e.instances {
-		if _, err := e.open(i, rooms, func(k int) string { return "idle-" + strconv.Itoa(k) }, nil); err != nil {
+		cmd := exec.Command(os.Args[0], "hold", "-url", e.urls[i].String(), "-rooms", strconv.Itoa(rooms))
+		stdin, err := cmd.StdinPipe()
+		if err != nil {
 			return nil, err
+		}
+		stdout, err := cmd.StdoutPipe()
+		if err != nil {
+			return nil, err
+		}
+		cmd.Stderr = os.Stderr
+		if err := cmd.Start(); err != nil {
+			return nil, err
+		}
+		e.holders = append(e.holders, holder{cmd, stdin})
+		ready := make(chan error, 1)
+		go func() {
+			line, err := bufio.NewReader(stdout).ReadString('\n')
+			if err == nil && strings.TrimSpace(line) != "ready" {
+				err = fmt.Errorf("holder said %q", line)
+			}
+			ready <- err
+		}()
+		select {
+		case err := <-ready:
+			if err != nil {
+				return nil, fmt.Errorf("holding %d members on instance %d: %w", rooms, i, err)
+			}
+		case <-time.After(4 * time.Minute):
+			return nil, fmt.Errorf("holding %d members on instance %d: not ready within 4m", rooms, i)
 		}
 	}
 	return e.measure(settle, window)
+}
+
+// holder is a child process holding connections until its stdin closes.
+type holder struct {
+	cmd   *exec.Cmd
+	stdin interface{ Close() error }
+}
+
+// runHold dials one member per room idle-0..rooms-1, prints "ready" once
+// all are welcomed, and holds them until stdin closes.
+func runHold(args []string) error {
+	fs := flag.NewFlagSet("hold", flag.ExitOnError)
+	rawURL := fs.String("url", "", "WebSocket URL (loopback only)")
+	rooms := fs.Int("rooms", 1, "rooms, one member each")
+	_ = fs.Parse(args)
+	if *rooms < 1 || *rooms > 19000 {
+		return fmt.Errorf("-rooms must be 1 to 19000")
+	}
+	base, err := checkLoopback(*rawURL)
+	if err != nil {
+		return err
+	}
+	raiseFileLimit()
+	e := &clusterEnv{urls: []*url.URL{base}}
+	if _, err := e.open(0, *rooms, func(k int) string { return "idle-" + strconv.Itoa(k) }, nil); err != nil {
+		return err
+	}
+	fmt.Println("ready")
+	buf := make([]byte, 64)
+	for {
+		if _, err := os.Stdin.Read(buf); err != nil {
+			break
+		}
+	}
+	closeAll(e.conns, time.Second)
+	return nil
 }
 
 // fresh opens rooms new rooms evenly over d, one member on each of two

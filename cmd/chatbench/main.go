@@ -37,6 +37,8 @@ func main() {
 		err = runIdle(os.Args[2:])
 	case "cluster":
 		err = runCluster(os.Args[2:])
+	case "hold":
+		err = runHold(os.Args[2:])
 	case "table":
 		err = runTable(os.Args[2:])
 	default:
