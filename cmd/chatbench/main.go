@@ -15,6 +15,7 @@
 //	chatbench idle  -url ws://127.0.0.1:8080/ws -clients 10000 -hold 20s -pid 1234
 //	chatbench table results.jsonl
 //	chatbench cluster -caddy ./caddy -label after -json cluster.jsonl
+//	chatbench clustertable cluster.jsonl
 //
 // Every loop is bounded in count and time, and only loopback addresses are
 // accepted.
@@ -37,6 +38,8 @@ func main() {
 		err = runIdle(os.Args[2:])
 	case "cluster":
 		err = runCluster(os.Args[2:])
+	case "clustertable":
+		err = runClusterTable(os.Args[2:])
 	case "hold":
 		err = runHold(os.Args[2:])
 	case "table":
@@ -52,6 +55,7 @@ func main() {
 
 func usage() {
 	fmt.Fprintln(os.Stderr, `usage: chatbench load|idle|cluster [flags]   (chatbench load -h for flags)
-       chatbench table results.jsonl...`)
+       chatbench table results.jsonl...
+       chatbench cluster -caddy <binary> [flags]; chatbench clustertable results.jsonl...`)
 	os.Exit(2)
 }
