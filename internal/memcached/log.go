@@ -387,8 +387,25 @@ func (p *poller) once(now time.Time) {
 	if len(old) > 0 {
 		r.applyOld(old, now)
 	}
+	r.mu.Lock()
 	for _, room := range rooms {
-		r.deliverEntries(room, byRoom[room], now)
+		// Chat of a room with nobody here is not news: only presence
+		// goes on to keep the view, sparing the hub's locks.
+		if len(r.local[room]) == 0 && r.warm[room].IsZero() {
+			kept := byRoom[room][:0]
+			for _, e := range byRoom[room] {
+				if e.Event.Kind != chat.KindChat {
+					kept = append(kept, e)
+				}
+			}
+			byRoom[room] = kept
+		}
+	}
+	r.mu.Unlock()
+	for _, room := range rooms {
+		if len(byRoom[room]) > 0 {
+			r.deliverEntries(room, byRoom[room], now)
+		}
 	}
 }
 
