@@ -75,7 +75,11 @@ func runClusterTable(files []string) error {
 				continue
 			}
 			sort.Float64s(vs)
-			cells[i] = fmt.Sprintf("%s (%d)", fmtNum(vs[len(vs)/2]), len(vs))
+			med := vs[len(vs)/2]
+			if len(vs)%2 == 0 {
+				med = (vs[len(vs)/2-1] + med) / 2
+			}
+			cells[i] = fmt.Sprintf("%s (%d)", fmtNum(med), len(vs))
 		}
 		fmt.Printf("| %s | %d | %s | %s |\n", k.scenario, k.instances, k.figure, strings.Join(cells, " | "))
 	}
