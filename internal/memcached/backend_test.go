@@ -67,7 +67,8 @@ func TestIDsUniqueAcrossInstancesAndRestart(t *testing.T) {
 
 func TestNewIDHonoursContext(t *testing.T) {
 	skipShort(t)
-	// A server that accepts and never answers: a frozen memcached.
+	// A joiner whose context has ended gets a fallback id at once: no
+	// round trip, no lock held while one is in flight.
 	mc := startMemcached(t)
 	a := newTestBackend(t, []string{mc.Addr}, "ctx:", 30*time.Second)
 	mc.stop()
