@@ -196,7 +196,7 @@ func TestEmbeddedRegistrySince(t *testing.T) {
 	r.KeepWindow(time.Second)
 	r.KeepWindow(time.Minute)
 	r.KeepWindow(time.Second)
-	if w := r.resumeWindow(); w != time.Minute {
+	if w := r.Window(); w != time.Minute {
 		t.Fatalf("window = %v, want 1m, the longest asked for", w)
 	}
 }

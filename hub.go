@@ -213,24 +213,9 @@ func (h *hub) publish(r *room, ev *chat.Event, sender *conn) {
 	r.broadcast(encodeFrame(ev), sender)
 }
 
-// Deliver implements Host: an event from another instance goes to every
-// local member of the room.
-func (h *hub) Deliver(name string, ev *chat.Event) {
-	h.mu.Lock()
-	r := h.rooms[name]
-	h.mu.Unlock()
-	if r == nil {
-		return
-	}
-	r.mu.Lock()
-	if !r.dead {
-		r.broadcast(encodeFrame(ev), nil)
-	}
-	r.mu.Unlock()
-}
-
-// DeliverWith runs update under the lock that orders room's events, then
-// fans the events it returns out to the room's local members. A registry
+// DeliverWith implements Host: it runs update under the lock that orders
+// room's events, then fans the events it returns out to the room's local
+// members. A registry
 // uses it to record a remote event (history, presence) and deliver it in
 // one step, so that a member joining at that moment finds the event either
 // in what it is shown on joining or live, never both or neither.
@@ -255,25 +240,6 @@ func (h *hub) DeliverWith(name string, update func() []*chat.Event) {
 		r.mu.Unlock()
 		return
 	}
-}
-
-// LocalMembers implements Host.
-func (h *hub) LocalMembers() map[string][]chat.Member {
-	h.mu.Lock()
-	rooms := make([]*room, 0, len(h.rooms))
-	for _, r := range h.rooms {
-		rooms = append(rooms, r)
-	}
-	h.mu.Unlock()
-	out := make(map[string][]chat.Member, len(rooms))
-	for _, r := range rooms {
-		r.mu.Lock()
-		if len(r.members) > 0 {
-			out[r.name] = r.localMembers()
-		}
-		r.mu.Unlock()
-	}
-	return out
 }
 
 // online lists every member of r across the cluster, ordered by id. The

@@ -236,15 +236,17 @@ func testShutdownWithMemcached(t *testing.T, stop func(*caddyProc)) {
 	for _, k := range after {
 		have[k] = true
 	}
-	if have[goingNode] {
-		t.Errorf("the stopped instance's key %s is still there", goingNode)
+	for _, k := range after {
+		if k == goingNode || strings.HasPrefix(k, goingNode+":") {
+			t.Errorf("the stopped instance's key %s is still there", k)
+		}
 	}
 	if idx := nodeIndex(t, m); strings.Contains(idx, goingID) {
 		t.Errorf("the index of instances %q still lists the stopped instance %s", idx, goingID)
 	}
 	for _, k := range before {
-		if k != goingNode && !have[k] && !strings.Contains(k, "msg:") {
-			// Room log entries expire by themselves; every other key
+		if k != goingNode && !strings.HasPrefix(k, goingNode+":") && !have[k] && !strings.Contains(k, ":log:") {
+			// Relay log entries expire by themselves; every other key
 			// belongs to the cluster or to someone else.
 			t.Errorf("key %s of another instance or of the cluster was deleted", k)
 		}
@@ -283,12 +285,7 @@ func awaitNodeKeys(t *testing.T, m *memcachedProc, n int) []string {
 	t.Helper()
 	deadline := time.Now().Add(waitLong)
 	for {
-		var nodes []string
-		for _, k := range m.keys() {
-			if strings.HasPrefix(k, DefaultPrefix+"node:") {
-				nodes = append(nodes, k)
-			}
-		}
+		nodes := nodeKeys(m.keys(), DefaultPrefix)
 		if len(nodes) == n {
 			return nodes
 		}

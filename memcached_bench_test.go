@@ -49,13 +49,13 @@ func benchCluster(b *testing.B) {
 	c := dial(b, p1.url("ws", "/ws"), nil)
 	c.login()
 	_ = c.conn.Close()
-	time.Sleep(pollKeepWarm + time.Second) // until the room is no longer followed
+	time.Sleep(11 * time.Second) // until the room is no longer followed (the backend keeps a warmed room 10s)
 	idleEmpty := commandRate(mc, window)
 
 	// One instance with a member in a room without traffic.
 	c = dial(b, p1.url("ws", "/ws"), nil)
 	c.login()
-	time.Sleep(quietAfter + time.Second)
+	time.Sleep(4 * time.Second) // until the poll slows down (3s after the last event)
 	idleMember := commandRate(mc, window)
 
 	// Two instances: senders on p1, a receiver on p2.

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/caddy-chatroom/chatroom/internal/testenv"
 )
@@ -103,4 +104,29 @@ func startCaddyCluster(t testing.TB, extra string, addrs ...string) *caddyProc {
 func clusterSiteBody(extra string, addrs ...string) string {
 	return fmt.Sprintf("\troot * {{root}}\n\tchatroom /ws {\n\t\tmemcached %s\n\t\troom {query.room}\n\t\t%s\n\t}\n\tfile_server",
 		strings.Join(addrs, " "), extra)
+}
+
+// get returns a key's value, or "" when it is missing.
+func (m *memcachedProc) get(key string) string {
+	m.t.Helper()
+	lines, err := m.command("get " + key)
+	if err != nil {
+		m.t.Fatalf("memcached get %s: %v", key, err)
+	}
+	if len(lines) < 2 {
+		return ""
+	}
+	return lines[1]
+}
+
+// awaitCondition polls cond until it holds: for state that has no event.
+func awaitCondition(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(waitLong)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %v", what, waitLong)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }

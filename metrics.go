@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/caddy-chatroom/chatroom/internal/memcached"
+
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -17,6 +19,12 @@ type metrics struct {
 	delivered       prometheus.Counter
 	dropped         *prometheus.CounterVec
 	memcachedErrors prometheus.Counter
+	// memcachedRequests counts round trips to memcached by kind.
+	memcachedRequests *prometheus.CounterVec
+	// memcachedRejected counts values read from memcached and dropped.
+	memcachedRejected *prometheus.CounterVec
+	// relaySkipped counts relay log entries given up.
+	relaySkipped prometheus.Counter
 }
 
 const metricsNamespace = "caddy"
@@ -39,6 +47,18 @@ func newMetrics() *metrics {
 			"Connections closed by the server, by reason.")), []string{"reason"}),
 		memcachedErrors: prometheus.NewCounter(prometheus.CounterOpts(opts("memcached_errors_total",
 			"Failed memcached requests."))),
+		memcachedRequests: prometheus.NewCounterVec(prometheus.CounterOpts(opts("memcached_requests_total",
+			"Round trips to memcached, by kind of request.")), []string{"kind"}),
+		memcachedRejected: prometheus.NewCounterVec(prometheus.CounterOpts(opts("memcached_values_rejected_total",
+			"Values read from memcached and dropped as malformed, oversized, out of range or forged, by what they were.")), []string{"value"}),
+		relaySkipped: prometheus.NewCounter(prometheus.CounterOpts(opts("relay_entries_skipped_total",
+			"Times the cluster relay gave log entries up: never written, expired, or beyond what one poll reads after a counter jumped."))),
+	}
+	for _, kind := range memcached.RequestKinds {
+		m.memcachedRequests.WithLabelValues(kind)
+	}
+	for _, what := range memcached.RejectedKinds {
+		m.memcachedRejected.WithLabelValues(what)
 	}
 	for _, reason := range []string{dropSlowConsumer, dropTooBig, dropBinary, dropBadUTF8, dropIdle, dropShutdown, dropWriteError} {
 		m.dropped.WithLabelValues(reason)
@@ -49,7 +69,8 @@ func newMetrics() *metrics {
 // register adds the collectors to reg; collectors already there (from an
 // earlier provisioning of the same config) are fine.
 func (m *metrics) register(reg prometheus.Registerer) error {
-	for _, c := range []prometheus.Collector{m.connections, m.received, m.rateLimited, m.delivered, m.dropped, m.memcachedErrors} {
+	for _, c := range []prometheus.Collector{m.connections, m.received, m.rateLimited, m.delivered, m.dropped, m.memcachedErrors,
+		m.memcachedRequests, m.memcachedRejected, m.relaySkipped} {
 		if err := reg.Register(c); err != nil {
 			var already prometheus.AlreadyRegisteredError
 			if !errors.As(err, &already) {
@@ -58,4 +79,14 @@ func (m *metrics) register(reg prometheus.Registerer) error {
 		}
 	}
 	return nil
+}
+
+// memcached returns the collectors the memcached backend reports to.
+func (m *metrics) memcached() *memcached.Metrics {
+	return &memcached.Metrics{
+		Requests: m.memcachedRequests,
+		Errors:   m.memcachedErrors,
+		Rejected: m.memcachedRejected,
+		Skipped:  m.relaySkipped,
+	}
 }

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/caddy-chatroom/chatroom/internal/memcached"
 	"github.com/caddy-chatroom/chatroom/internal/wsio"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -293,11 +294,19 @@ func (h *Handler) newRegistry() (Registry, error) {
 	if len(h.Memcached) == 0 {
 		return newEmbeddedRegistry(), nil
 	}
-	return newMemcachedRegistry(memcachedConfig{
-		Servers: h.Memcached,
-		Prefix:  h.Prefix,
-		TTL:     time.Duration(h.TTL),
-	}, h.metrics, h.logger)
+	b, err := memcached.New(memcached.Config{
+		Servers:        h.Memcached,
+		Prefix:         h.Prefix,
+		TTL:            time.Duration(h.TTL),
+		MaxMessageSize: int(h.MaxMessageSize),
+		ResumeWindow:   time.Duration(h.ResumeWindow),
+		History:        newEmbeddedRegistry(),
+		Metrics:        h.metrics.memcached(),
+	}, h.logger)
+	if err != nil {
+		return nil, fmt.Errorf("memcached registry: %w", err)
+	}
+	return b, nil
 }
 
 // Cleanup releases this config's use of the hub; the last config to go

@@ -4,6 +4,7 @@ import (
 	"container/list"
 	"context"
 	"github.com/caddy-chatroom/chatroom/internal/chat"
+	"github.com/caddy-chatroom/chatroom/internal/cluster"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -13,7 +14,7 @@ import (
 // Registry is where the rooms of one instance meet the rest of the cluster:
 // it hands out connection ids, keeps each room's history, and carries events
 // and presence between instances. The embedded registry serves one instance;
-// the memcached registry serves many.
+// a cluster backend (internal/memcached) serves many.
 //
 // The hub calls Publish, History, Since and RemoteMembers while it holds a room's
 // lock, so that what a joiner is shown and what it is sent afterwards are in
@@ -58,14 +59,9 @@ type Registry interface {
 	Close() error
 }
 
-// Host is the local side of a registry: the hub.
-type Host interface {
-	// Deliver hands an event that happened on another instance to the local
-	// members of room.
-	Deliver(room string, ev *chat.Event)
-	// LocalMembers returns the members of every room on this instance.
-	LocalMembers() map[string][]chat.Member
-}
+// Host is the local side of a registry: the hub. A cluster backend hands
+// it what happened on other instances.
+type Host = cluster.Handler
 
 // maxIdleHistoryRooms bounds how many rooms without members keep their
 // history in the embedded registry, so that a client inventing room names
@@ -73,7 +69,8 @@ type Host interface {
 const maxIdleHistoryRooms = 4096
 
 // embeddedRegistry is the registry of a single instance: ids from a counter,
-// history in memory, no remote members.
+// history in memory, no remote members. A cluster backend keeps this
+// instance's copy of each room's history in one (cluster.History).
 type embeddedRegistry struct {
 	lastID atomic.Uint64
 	keep   atomic.Int64
@@ -122,8 +119,9 @@ func (r *embeddedRegistry) KeepWindow(d time.Duration) {
 	}
 }
 
-// resumeWindow is how long events are kept for clients that resume.
-func (r *embeddedRegistry) resumeWindow() time.Duration {
+// Window implements cluster.History: how long events are kept for clients
+// that resume.
+func (r *embeddedRegistry) Window() time.Duration {
 	if w := time.Duration(r.window.Load()); w > 0 {
 		return w
 	}
@@ -140,7 +138,7 @@ func (r *embeddedRegistry) Publish(room string, ev *chat.Event) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	h := r.roomHistory(room, true)
-	h.add(ev, time.Now(), int(r.keep.Load()), r.resumeWindow())
+	h.add(ev, time.Now(), int(r.keep.Load()), r.Window())
 }
 
 // Since implements Registry.
@@ -151,13 +149,13 @@ func (r *embeddedRegistry) Since(room string, after uint64) ([]*chat.Event, bool
 	if h == nil {
 		return nil, false // nothing of the room in memory: not even after
 	}
-	h.prune(time.Now(), int(r.keep.Load()), r.resumeWindow())
+	h.prune(time.Now(), int(r.keep.Load()), r.Window())
 	return h.since(after)
 }
 
-// markGap records that events of room up to now may be missing here, so
+// MarkGap implements cluster.History: it records that events of room up to now may be missing here, so
 // that a resume from before now is not called complete.
-func (r *embeddedRegistry) markGap(room string) {
+func (r *embeddedRegistry) MarkGap(room string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if h := r.roomHistory(room, false); h != nil {
@@ -198,3 +196,24 @@ func (r *embeddedRegistry) roomHistory(room string, create bool) *roomHistory {
 
 // Close implements Registry.
 func (r *embeddedRegistry) Close() error { return nil }
+
+// Kept implements cluster.History.
+func (r *embeddedRegistry) Kept() int { return int(r.keep.Load()) }
+
+// Replace implements cluster.History: a cluster backend sets the history
+// of a room this instance had no member in to what the cluster holds. When
+// events is empty, what the room said before is unknown here.
+func (r *embeddedRegistry) Replace(room string, events []*chat.Event) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	h := r.roomHistory(room, true)
+	*h = *newRoomHistory(room)
+	now := time.Now()
+	keep, window := int(r.keep.Load()), r.Window()
+	for _, ev := range events {
+		h.add(ev, now, keep, window)
+	}
+	if len(events) == 0 {
+		h.markGap(now)
+	}
+}

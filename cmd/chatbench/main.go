@@ -14,6 +14,8 @@
 //	chatbench load  -url ws://127.0.0.1:8080/ws -clients 200 -senders 4 -window 16 -duration 15s
 //	chatbench idle  -url ws://127.0.0.1:8080/ws -clients 10000 -hold 20s -pid 1234
 //	chatbench table results.jsonl
+//	chatbench cluster -caddy ./caddy -label after -json cluster.jsonl
+//	chatbench clustertable cluster.jsonl
 //
 // Every loop is bounded in count and time, and only loopback addresses are
 // accepted.
@@ -34,6 +36,12 @@ func main() {
 		err = runLoad(os.Args[2:])
 	case "idle":
 		err = runIdle(os.Args[2:])
+	case "cluster":
+		err = runCluster(os.Args[2:])
+	case "clustertable":
+		err = runClusterTable(os.Args[2:])
+	case "hold":
+		err = runHold(os.Args[2:])
 	case "table":
 		err = runTable(os.Args[2:])
 	default:
@@ -46,7 +54,8 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, `usage: chatbench load|idle [flags]   (chatbench load -h for flags)
-       chatbench table results.jsonl...`)
+	fmt.Fprintln(os.Stderr, `usage: chatbench load|idle|cluster [flags]   (chatbench load -h for flags)
+       chatbench table results.jsonl...
+       chatbench cluster -caddy <binary> [flags]; chatbench clustertable results.jsonl...`)
 	os.Exit(2)
 }

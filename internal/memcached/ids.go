@@ -1,6 +1,7 @@
-package chatroom
+package memcached
 
 import (
+	"context"
 	"math/rand/v2"
 	"strconv"
 	"sync"
@@ -9,8 +10,8 @@ import (
 	"github.com/bradfitz/gomemcache/memcache"
 )
 
-// Connection ids (SPEC §3: unique across the cluster, never reused by two
-// live connections) come from two disjoint ranges:
+// Connection ids (unique across the cluster, never reused by two live
+// connections) come from two disjoint ranges:
 //
 //   - the cluster counter <prefix>id, taken in blocks of idBlock so that a
 //     connection rarely costs a round trip. Whenever the counter is missing
@@ -38,10 +39,12 @@ const (
 // few digits shorter than Unix microseconds would.
 var idEpoch = time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
 
-// idAllocator hands out connection ids.
+// idAllocator hands out connection ids. Its lock guards memory only: the
+// round trips of a refill run without it, so that a slow memcached delays
+// only the joiners that need a new block, each within its own context.
 type idAllocator struct {
-	client *mcClient
-	keys   keySchema
+	server *server
+	key    string
 	// floor returns the highest counter id known in the cluster (from
 	// presence), so that a re-seed lands above it.
 	floor func() uint64
@@ -53,8 +56,8 @@ type idAllocator struct {
 	fbNext    uint64
 }
 
-// blockEnd returns the end of the current counter block, published in the
-// presence snapshot so that a re-seed elsewhere lands above it.
+// blockEnd returns the highest counter value obtained, published in the
+// presence header so that a re-seed elsewhere lands above it.
 func (a *idAllocator) blockEnd() uint64 {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -62,43 +65,66 @@ func (a *idAllocator) blockEnd() uint64 {
 }
 
 // newID returns a fresh id: from the current block, from a new block, or,
-// when memcached cannot be reached, from the fallback range.
-func (a *idAllocator) newID() string {
+// when memcached cannot be reached in time, from the fallback range.
+func (a *idAllocator) newID(ctx context.Context) string {
+	a.mu.Lock()
+	if a.next != 0 && a.next <= a.end {
+		id := a.next
+		a.next++
+		a.mu.Unlock()
+		return strconv.FormatUint(id, 10)
+	}
+	highest := a.highest
+	a.mu.Unlock()
+	if ctx.Err() == nil && a.server.usable() {
+		got := make(chan uint64, 1)
+		go func() { got <- a.refill(highest) }()
+		select {
+		case id := <-got:
+			if id != 0 {
+				return strconv.FormatUint(id, 10)
+			}
+		case <-ctx.Done():
+			// The refill goes on and installs its block for the next
+			// joiner.
+		}
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if a.next == 0 || a.next > a.end {
-		if !a.client.isUp() || !a.refill() {
-			return strconv.FormatUint(a.fallback(), 10)
-		}
-	}
-	id := a.next
-	a.next++
-	return strconv.FormatUint(id, 10)
+	return strconv.FormatUint(a.fallback(), 10)
 }
 
-// refill takes a new block from the cluster counter. The caller holds a.mu.
-func (a *idAllocator) refill() bool {
-	key := a.keys.idCounter()
-	end, err := a.client.incr(key, idBlock)
+// refill takes a new block from the cluster counter, keeps its first id
+// for the caller and installs the rest; 0 when it failed.
+func (a *idAllocator) refill(highest uint64) uint64 {
+	end, err := a.server.incr(a.key, idBlock)
 	if isMiss(err) {
-		seed := max(uint64(time.Since(idEpoch).Microseconds()), a.highest, a.floor())
+		seed := max(uint64(time.Since(idEpoch).Microseconds()), highest, a.floor())
 		// Add fails when another instance seeded first: its seed is
 		// as good, and the increment below goes on from it.
-		err = a.client.add(&memcache.Item{Key: key, Value: []byte(strconv.FormatUint(seed, 10)), Expiration: expirySeconds(idCounterTTL)})
+		err = a.server.add(&memcache.Item{Key: a.key, Value: []byte(strconv.FormatUint(seed, 10)), Expiration: expirySeconds(idCounterTTL)})
 		if answer(err) {
-			end, err = a.client.incr(key, idBlock)
+			end, err = a.server.incr(a.key, idBlock)
 		}
 	}
-	if err == nil && end <= a.highest {
+	if err == nil && end <= highest {
 		// The counter was lost and re-seeded below what this instance
 		// handed out (a peer with a slow clock): push it above.
-		end, err = a.client.incr(key, a.highest-end+idBlock)
+		end, err = a.server.incr(a.key, highest-end+idBlock)
 	}
-	if err != nil || end >= fallbackIDBase {
-		return false
+	if err != nil || end >= fallbackIDBase || end < idBlock {
+		return 0
 	}
-	a.next, a.end, a.highest = end-idBlock+1, end, end
-	return true
+	first := end - idBlock + 1
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if end > a.highest {
+		a.highest = end
+	}
+	if a.next == 0 || a.next > a.end {
+		a.next, a.end = first+1, end
+	}
+	return first
 }
 
 // fallback returns the next id of this instance's fallback range. The

@@ -1,0 +1,106 @@
+package cluster
+
+import (
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/caddy-chatroom/chatroom/internal/chat"
+)
+
+func join(id, nick string) *chat.Event {
+	return &chat.Event{Kind: chat.KindJoin, ID: id, Nick: nick}
+}
+
+func TestViewEventsThenSnapshotRepairsALostEvent(t *testing.T) {
+	v := NewView(0, time.Second, time.Minute)
+	now := time.Now()
+	// Joins 1..3 at generations 1..3; the event of generation 2 is lost.
+	if !v.ApplyEvent("n", "r", 1, join("1", "a"), now) || !v.ApplyEvent("n", "r", 3, join("3", "c"), now) {
+		t.Fatal("fresh joins were not news")
+	}
+	if v.ApplyEvent("n", "r", 3, join("3", "c"), now) {
+		t.Fatal("a repeated event was news")
+	}
+	// The snapshot at the same generation as the last event applied is
+	// the truth: it repairs the lost join, and announces only it.
+	snap := &Snapshot{Gen: 3, Rooms: map[string]RoomSnapshot{"r": {Count: 3, Members: []chat.Member{{ID: "1", Nick: "a"}, {ID: "2", Nick: "b"}, {ID: "3", Nick: "c"}}}}}
+	v.Alive("n", now)
+	rooms := v.SnapshotRooms("n", snap, now)
+	if len(rooms) != 1 || rooms[0] != "r" {
+		t.Fatalf("rooms to apply = %v, want [r]", rooms)
+	}
+	evs := v.ApplySnapshotRoom("n", "r", snap)
+	if len(evs) != 1 || evs[0].Kind != chat.KindJoin || evs[0].ID != "2" {
+		t.Fatalf("snapshot events = %v, want the join of 2 only", evs)
+	}
+	if v.Count("r") != 3 || len(v.Members("r")) != 3 {
+		t.Fatalf("count %d, members %v, want 3", v.Count("r"), v.Members("r"))
+	}
+	// An older snapshot does not undo newer events.
+	v.ApplyEvent("n", "r", 4, &chat.Event{Kind: chat.KindLeave, ID: "1"}, now)
+	if evs := v.ApplySnapshotRoom("n", "r", snap); len(evs) != 0 {
+		t.Fatalf("an older snapshot changed the view: %v", evs)
+	}
+}
+
+func TestViewRejectsWhatChangesNothing(t *testing.T) {
+	v := NewView(0, time.Second, time.Minute)
+	now := time.Now()
+	v.ApplyEvent("n", "r", 1, join("1", "a"), now)
+	if v.ApplyEvent("other", "r", 5, &chat.Event{Kind: chat.KindLeave, ID: "1"}, now) {
+		t.Error("a leave of a member another node does not have was news")
+	}
+	if v.ApplyEvent("n", "r", 2+maxGenAhead, &chat.Event{Kind: chat.KindLeave, ID: "1"}, now) {
+		t.Error("an event far ahead of the node's generation was applied")
+	}
+	if !v.ApplyEvent("n", "r", 2, &chat.Event{Kind: chat.KindNick, ID: "1", Nick: "b"}, now) {
+		t.Error("a nick change after the far-ahead event was refused: the room is shut out")
+	}
+}
+
+func TestViewCountsBeyondTheListCap(t *testing.T) {
+	v := NewView(10, time.Second, time.Minute)
+	now := time.Now()
+	for i := 1; i <= 100; i++ {
+		v.ApplyEvent("n", "big", uint64(i), join(strconv.Itoa(i), ""), now)
+	}
+	if got := len(v.Members("big")); got != 10 {
+		t.Errorf("%d members listed, want the cap of 10", got)
+	}
+	if got := v.Count("big"); got != 100 {
+		t.Errorf("count %d, want 100", got)
+	}
+	for i := 100; i > 50; i-- {
+		v.ApplyEvent("n", "big", uint64(201-i), &chat.Event{Kind: chat.KindLeave, ID: strconv.Itoa(i)}, now)
+	}
+	if got := v.Count("big"); got != 50 {
+		t.Errorf("count %d after 50 leaves, want 50", got)
+	}
+	snap := &Snapshot{Gen: 1000, Rooms: map[string]RoomSnapshot{"big": {Count: 50000}}}
+	v.Alive("n", now)
+	v.SnapshotRooms("n", snap, now)
+	v.ApplySnapshotRoom("n", "big", snap)
+	if got := v.Count("big"); got != 50000 {
+		t.Errorf("count %d after a snapshot of 50000, want 50000", got)
+	}
+}
+
+func TestViewDeadNodeLeaves(t *testing.T) {
+	v := NewView(0, time.Second, time.Minute)
+	now := time.Now()
+	v.ApplyEvent("n", "r", 1, join("1", "a"), now)
+	if gone := v.Missing("n", now); gone != nil {
+		t.Fatalf("dead after one miss: %v", gone)
+	}
+	if gone := v.Missing("n", now.Add(500*time.Millisecond)); gone != nil {
+		t.Fatalf("dead before DeadAfter: %v", gone)
+	}
+	gone := v.Missing("n", now.Add(2*time.Second))
+	if len(gone["r"]) != 1 || gone["r"][0].Kind != chat.KindLeave {
+		t.Fatalf("leaves of a dead node = %v, want the leave of 1 in r", gone)
+	}
+	if v.Count("r") != 0 || v.ApplyEvent("n", "r", 2, join("2", ""), now) {
+		t.Fatal("a dead node's members or late events still count")
+	}
+}

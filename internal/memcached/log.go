@@ -1,0 +1,568 @@
+package memcached
+
+import (
+	"encoding/json"
+	"strconv"
+	"time"
+
+	"github.com/bradfitz/gomemcache/memcache"
+	"github.com/caddy-chatroom/chatroom/internal/chat"
+	"go.uber.org/zap"
+)
+
+// The relay log: one log for the whole cluster, split into a fixed number
+// of partitions (keys.go). An event of room goes to partition
+// partitionOf(room): it gets the next number of the partition's counter
+// and is stored at that number with its room. Every instance polls the
+// partition counters, one multi-get per server and tick whatever its
+// number of rooms, fetches the new entries of the partitions that moved,
+// and keeps those of the rooms it hosts. So an idle instance costs
+// partitions keys per tick, and a message costs one increment and one set
+// (plus the room's history when history is kept) and one read per other
+// instance.
+const (
+	// pollFast is the poll period while events flow; pollIdle after
+	// quietAfter without any. The idle period bounds what an idle
+	// instance costs (partitions gets per tick); the fast one bounds
+	// cross-instance latency under load.
+	pollFast   = 20 * time.Millisecond
+	pollIdle   = 100 * time.Millisecond
+	quietAfter = 3 * time.Second
+
+	// logGapWait is how long a number that was reserved but not written
+	// (its writer died, or memcached restarted) is waited for before it
+	// is given up.
+	logGapWait = time.Second
+	// maxPerPoll bounds the entries one poll reads per partition; a
+	// reader behind by up to maxBacklog catches up over several polls,
+	// one further behind (a counter that jumped ahead after a restart, or
+	// forged) skips to the latest jumpWindow entries.
+	maxPerPoll = 256
+	maxBacklog = 8192
+	jumpWindow = 16
+	// startWindow is how many of each partition's latest entries an
+	// instance reads when it starts, for presence changes newer than the
+	// snapshots.
+	startWindow = 256
+	// maxOutbox bounds the events held while memcached is unreachable;
+	// beyond it the oldest are dropped.
+	maxOutbox = 4096
+	// historyTTL is how long a room's history key lives after its last
+	// chat message.
+	historyTTL = time.Hour
+	// resumeHistoryEvents is how many of a room's latest chat events its
+	// history key holds at least, whatever `history` says, so that a
+	// client resuming on an instance without members in the room is
+	// served from what Warm loads (one get).
+	resumeHistoryEvents = 64
+	// maxHistoryEvents bounds the events read from a history key.
+	maxHistoryEvents = 1000
+)
+
+// outboxEntry is an event of this instance waiting for the relay log.
+type outboxEntry struct {
+	room string
+	gen  uint64
+	ev   *chat.Event
+}
+
+// enqueueLocked adds e to the outbox and wakes the publisher. The caller
+// holds r.mu.
+func (r *Backend) enqueueLocked(e outboxEntry) {
+	if len(r.outbox) >= maxOutbox {
+		if !r.outboxFull {
+			r.outboxFull = true
+			r.logger.Warn("memcached outbox full: dropping the oldest events for other instances", zap.Int("max", maxOutbox))
+		}
+		r.outbox = r.outbox[1:]
+	}
+	r.outbox = append(r.outbox, e)
+	wake(r.wakePublisher)
+}
+
+// requeue puts events that could not be written back at the front of the
+// outbox, in order.
+func (r *Backend) requeue(rest []outboxEntry) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.writing = false
+	r.outbox = append(rest, r.outbox...)
+	if over := len(r.outbox) - maxOutbox; over > 0 {
+		r.outbox = r.outbox[over:]
+	}
+}
+
+// publishLoop writes the outbox to the log as events arrive, and again
+// when a server returns.
+func (r *Backend) publishLoop() {
+	defer r.wg.Done()
+	retry := time.NewTicker(downProbe)
+	defer retry.Stop()
+	for {
+		select {
+		case <-r.ctx.Done():
+			return
+		case <-r.wakePublisher:
+		case <-retry.C:
+			// Events of a partition whose server is down wait in
+			// the outbox; they are tried again at the probe rate.
+			r.mu.Lock()
+			idle := len(r.outbox) == 0
+			r.mu.Unlock()
+			if idle {
+				continue
+			}
+		}
+		r.flushOutbox()
+	}
+}
+
+// flushOutbox writes what the outbox holds. Events of a partition whose
+// server cannot be reached stay in the outbox, in order; the others go on.
+func (r *Backend) flushOutbox() {
+	for {
+		r.mu.Lock()
+		batch := r.outbox
+		r.outbox = nil
+		r.writing = len(batch) > 0
+		if len(batch) == 0 {
+			r.outboxFull = false
+		}
+		r.mu.Unlock()
+		if len(batch) == 0 {
+			return
+		}
+		rest := r.publishBatch(batch)
+		r.requeue(rest)
+		if len(rest) > 0 {
+			return
+		}
+	}
+}
+
+// publishBatch writes events to their partitions: per partition, one
+// increment reserves numbers for all of its events, which are then written
+// in order. It returns the events it could not write because their server
+// is unreachable.
+func (r *Backend) publishBatch(batch []outboxEntry) []outboxEntry {
+	var byPart [partitions][]outboxEntry
+	for _, e := range batch {
+		p := partitionOf(e.room)
+		byPart[p] = append(byPart[p], e)
+	}
+	var rest []outboxEntry
+	chatRooms := make(map[string]bool)
+	for p, events := range byPart {
+		if len(events) == 0 {
+			continue
+		}
+		key := r.keys.partition(p)
+		s := r.client.route(key)
+		if !s.usable() {
+			rest = append(rest, events...)
+			continue
+		}
+		last, err := r.reserve(s, key, uint64(len(events)))
+		if err != nil {
+			if unavailable(err) {
+				rest = append(rest, events...)
+			}
+			continue // an unusable counter: these events cannot be logged
+		}
+		first := last - uint64(len(events)) + 1
+		for j, e := range events {
+			value, err := json.Marshal(logEntry{Node: r.nodeID, Gen: e.gen, Room: e.room, Event: e.ev})
+			if err != nil {
+				continue
+			}
+			n := first + uint64(j)
+			err = s.set(&memcache.Item{Key: r.keys.entry(p, n), Value: value, Expiration: expirySeconds(r.logTTL)})
+			if err != nil && unavailable(err) {
+				rest = append(rest, events[j:]...)
+				break
+			}
+			if err == nil {
+				r.mu.Lock()
+				if len(r.own[p]) < maxOutbox {
+					r.own[p] = append(r.own[p], n)
+				}
+				r.mu.Unlock()
+				if e.ev.Kind == chat.KindChat {
+					chatRooms[e.room] = true
+				}
+			}
+		}
+	}
+	keep := max(r.hist.Kept(), resumeHistoryEvents)
+	for room := range chatRooms {
+		r.writeHistory(room, keep)
+	}
+	return rest
+}
+
+// reserve takes n numbers of a partition and returns the last. A missing
+// counter is seeded with the current time in microseconds: above any
+// number it handed out before its loss (a partition does not log a
+// million events a second), so that readers never take a new entry for
+// one they have seen; they skip the jump at O(1) cost (poller.wanted).
+// A counter that cannot hold n more (forged near 2^64) is reset.
+func (r *Backend) reserve(s *server, key string, n uint64) (uint64, error) {
+	last, err := s.incr(key, n)
+	if err == nil && last < n || err != nil && !isMiss(err) && !unavailable(err) {
+		// memcached wraps counters at 2^64, and refuses to increment
+		// a value that is not a number: start over from a seed.
+		r.metrics.rejected("counter")
+		r.logger.Warn("relay partition counter unusable: seeding it again", zap.String("key", key), zap.Error(err))
+		if err = s.del(key); err == nil || isMiss(err) {
+			err = memcache.ErrCacheMiss
+		}
+	}
+	if isMiss(err) {
+		seed := uint64(time.Now().UnixMicro())
+		err = s.add(&memcache.Item{Key: key, Value: []byte(strconv.FormatUint(seed, 10))})
+		if answer(err) {
+			last, err = s.incr(key, n)
+		}
+	}
+	if err != nil {
+		return 0, err
+	}
+	return last, nil
+}
+
+// writeHistory stores room's latest chat events, as this instance holds
+// them, for joiners on instances without members in the room: one set per
+// room and batch, bounded in bytes by dropping the oldest.
+func (r *Backend) writeHistory(room string, keep int) {
+	events := r.hist.History(room, keep)
+	value, err := json.Marshal(historyValue{Events: events})
+	for err == nil && len(value) > maxHistoryBytes && len(events) > 0 {
+		events = events[max(1, len(events)/4):]
+		value, err = json.Marshal(historyValue{Events: events})
+	}
+	if err != nil {
+		return
+	}
+	key := r.keys.history(room)
+	_ = r.client.route(key).set(&memcache.Item{Key: key, Value: value, Expiration: expirySeconds(historyTTL)})
+}
+
+// partState is how far this instance has read one partition. Only the
+// poller touches it.
+type partState struct {
+	next    uint64               // lowest number not handled yet; 0 until known
+	gone    bool                 // the counter was seen missing: when it returns, its first entries are news
+	old     uint64               // entries up to this one predate this instance: presence only
+	done    map[uint64]bool      // numbers at or above next already handled
+	missing map[uint64]time.Time // numbers found missing, since when
+}
+
+// poller follows the partitions.
+type poller struct {
+	r     *Backend
+	parts [partitions]*partState
+}
+
+func newPoller(r *Backend) *poller {
+	p := &poller{r: r}
+	for i := range p.parts {
+		p.parts[i] = &partState{done: make(map[uint64]bool), missing: make(map[uint64]time.Time)}
+	}
+	return p
+}
+
+// loop polls at pollFast while events flow and at pollIdle otherwise.
+func (p *poller) loop() {
+	r := p.r
+	defer r.wg.Done()
+	t := time.NewTimer(pollIdle)
+	defer t.Stop()
+	for {
+		select {
+		case <-r.ctx.Done():
+			return
+		case <-t.C:
+		}
+		p.once(time.Now())
+		r.mu.Lock()
+		period := pollIdle
+		if time.Since(r.lastActivity) < quietAfter {
+			period = pollFast
+		}
+		r.mu.Unlock()
+		t.Reset(period)
+	}
+}
+
+// once reads the partition counters, then the new entries of those that
+// moved, and delivers what other instances published.
+func (p *poller) once(now time.Time) {
+	r := p.r
+	defer r.polls.Add(1)
+	counters := make(map[*server][]string)
+	for i := 0; i < partitions; i++ {
+		key := r.keys.partition(i)
+		if s := r.client.route(key); s.usable() {
+			counters[s] = append(counters[s], key)
+		}
+	}
+	items, failed := getFrom(counters)
+	r.mu.Lock()
+	own := r.own
+	r.own = [partitions][]uint64{}
+	for room, at := range r.warm {
+		if now.Sub(at) >= warmFor {
+			delete(r.warm, room) // its joiner came (the room is hosted) or never will
+		}
+	}
+	r.mu.Unlock()
+
+	want := make([][]uint64, partitions)
+	fetch := make(map[*server][]string)
+	for i := 0; i < partitions; i++ {
+		key := r.keys.partition(i)
+		s := r.client.route(key)
+		if counters[s] == nil || failed[key] {
+			continue // not asked, or its server failed
+		}
+		st := p.parts[i]
+		for _, n := range own[i] {
+			if st.next != 0 && n >= st.next && n-st.next < maxBacklog {
+				st.done[n] = true
+			}
+		}
+		it := items[key]
+		if it == nil {
+			st.gone = true // lost, or not made yet: nothing new
+			continue
+		}
+		cur, err := parseCounter(it.Value)
+		if err != nil {
+			r.metrics.rejected("counter")
+			r.logger.Warn("ignoring a malformed relay counter in memcached", zap.String("key", key), zap.Error(err))
+			continue
+		}
+		want[i] = p.wanted(i, cur)
+		for _, n := range want[i] {
+			fetch[s] = append(fetch[s], r.keys.entry(i, n))
+		}
+	}
+	if len(fetch) == 0 {
+		return
+	}
+	entries, failed := getFrom(fetch)
+	byRoom := make(map[string][]*logEntry)
+	var old []*logEntry
+	var rooms []string
+	for i, ns := range want {
+		st := p.parts[i]
+		for _, n := range ns {
+			key := r.keys.entry(i, n)
+			if failed[key] {
+				continue // its server failed: asked again next poll
+			}
+			it := entries[key]
+			if it == nil {
+				p.noteMissing(i, st, n, now)
+				continue
+			}
+			st.done[n] = true
+			delete(st.missing, n)
+			e, err := decodeEntry(it.Value, r.lim)
+			if err != nil {
+				r.metrics.rejected("entry")
+				r.logger.Warn("ignoring a malformed relay entry in memcached", zap.String("key", key), zap.Error(err))
+				continue
+			}
+			if e.Node == r.nodeID {
+				continue
+			}
+			if n <= st.old {
+				if e.Event.Kind != chat.KindChat {
+					old = append(old, e)
+				}
+				continue
+			}
+			if byRoom[e.Room] == nil {
+				rooms = append(rooms, e.Room)
+			}
+			byRoom[e.Room] = append(byRoom[e.Room], e)
+		}
+		p.advance(st)
+	}
+	if len(old) > 0 {
+		r.applyOld(old, now)
+	}
+	r.mu.Lock()
+	for _, room := range rooms {
+		// Chat of a room with nobody here is not news: only presence
+		// goes on to keep the view, sparing the hub's locks.
+		if len(r.local[room]) == 0 && r.warm[room].IsZero() {
+			kept := byRoom[room][:0]
+			for _, e := range byRoom[room] {
+				if e.Event.Kind != chat.KindChat {
+					kept = append(kept, e)
+				}
+			}
+			byRoom[room] = kept
+		}
+	}
+	r.mu.Unlock()
+	for _, room := range rooms {
+		if len(byRoom[room]) > 0 {
+			r.deliverEntries(room, byRoom[room], now)
+		}
+	}
+}
+
+// applyOld applies presence changes published before this instance
+// started, of instances whose snapshot it has read: those of a dead
+// instance would bring back members that are gone. Nobody is here yet to
+// be told.
+func (r *Backend) applyOld(entries []*logEntry, now time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, e := range entries {
+		if r.view.Known(e.Node) {
+			r.view.ApplyEvent(e.Node, e.Room, e.Gen, e.Event, now)
+		}
+	}
+}
+
+// wanted returns the numbers of partition i to fetch, now that its counter
+// reads cur: at most maxPerPoll, from next on, whatever cur says.
+func (p *poller) wanted(i int, cur uint64) []uint64 {
+	st := p.parts[i]
+	r := p.r
+	switch {
+	case st.next == 0 && !st.gone:
+		// First look: whatever is published from now on is news. The
+		// latest entries before it hold the presence changes since the
+		// other instances' last snapshots: they are read once, for
+		// presence only.
+		p.reset(st, cur+1-min(cur, startWindow))
+		st.old = cur
+	case st.next == 0 || st.gone:
+		// The counter was missing and is back (first use, or
+		// memcached restarted): its latest entries are news, from a
+		// seed the reader cannot know, so it takes a bounded window.
+		st.gone = false
+		r.markGaps(i)
+		p.reset(st, cur+1-min(cur, jumpWindow))
+	case cur+1 < st.next:
+		// The counter went back: it was lost and re-seeded by a
+		// clock behind ours, or forged. Follow it from here.
+		r.metrics.skipped(1)
+		r.logger.Warn("relay partition counter went back: following it from there", zap.Int("partition", i), zap.Uint64("was", st.next-1), zap.Uint64("now", cur))
+		r.markGaps(i)
+		p.reset(st, cur+1-min(cur, jumpWindow))
+	case cur >= st.next && cur-st.next >= maxBacklog:
+		// Further ahead than the log is meant to be read: a re-seeded
+		// counter, or a forged value.
+		r.metrics.skipped(1)
+		r.logger.Warn("relay partition counter jumped: skipping to its latest entries", zap.Int("partition", i), zap.Uint64("from", st.next), zap.Uint64("to", cur))
+		r.markGaps(i)
+		p.reset(st, cur+1-jumpWindow)
+	}
+	var want []uint64
+	for n := st.next; n <= cur && n-st.next < maxPerPoll; n++ {
+		if !st.done[n] {
+			want = append(want, n)
+		}
+	}
+	return want
+}
+
+// reset makes next the lowest number to read, forgetting what lay below.
+func (p *poller) reset(st *partState, next uint64) {
+	st.next = next
+	st.old = 0
+	clear(st.done)
+	clear(st.missing)
+}
+
+// noteMissing records that entry n was not there; after logGapWait it is
+// given up.
+func (p *poller) noteMissing(part int, st *partState, n uint64, now time.Time) {
+	since, ok := st.missing[n]
+	switch {
+	case !ok:
+		st.missing[n] = now
+	case now.Sub(since) >= logGapWait:
+		delete(st.missing, n)
+		st.done[n] = true
+		p.r.metrics.skipped(1)
+		p.r.markGaps(part)
+	}
+}
+
+// markGaps tells the history of every room of partition part followed
+// here that events may have been lost, so that no resume across the loss
+// is called complete.
+func (r *Backend) markGaps(part int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for room := range r.local {
+		if partitionOf(room) == part {
+			r.hist.MarkGap(room)
+		}
+	}
+	for room := range r.warm {
+		if _, hosted := r.local[room]; !hosted && partitionOf(room) == part {
+			r.hist.MarkGap(room)
+		}
+	}
+}
+
+// advance moves next past the numbers handled.
+func (p *poller) advance(st *partState) {
+	for st.done[st.next] {
+		delete(st.done, st.next)
+		st.next++
+	}
+}
+
+// deliverEntries hands the entries of other instances to the local members
+// of room, in log order: chat messages when the room is hosted here (or
+// warmed for a joiner), presence changes always, to keep the view, and
+// delivered when they are news.
+func (r *Backend) deliverEntries(room string, entries []*logEntry, now time.Time) {
+	r.host.DeliverWith(room, func() []*chat.Event {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		r.lastActivity = now
+		local := r.local[room]
+		hosted := len(local) > 0
+		if at, ok := r.warm[room]; ok {
+			if now.Sub(at) < warmFor {
+				hosted = true
+			} else {
+				delete(r.warm, room)
+			}
+		}
+		var lastSeq uint64
+		if last := r.hist.History(room, 1); len(last) == 1 {
+			lastSeq = last[0].Seq
+		}
+		var out []*chat.Event
+		for _, e := range entries {
+			if _, mine := local[e.Event.ID]; mine {
+				// Another instance cannot speak for a member of
+				// this one: a forged entry.
+				r.metrics.rejected("entry")
+				r.logger.Warn("ignoring a relay entry about a member of this instance", zap.String("room", room), zap.String("from_node", e.Node), zap.String("id", e.Event.ID))
+				continue
+			}
+			if e.Event.Kind == chat.KindChat {
+				if !hosted || e.Event.Seq != 0 && e.Event.Seq <= lastSeq {
+					continue // not followed here, or in the history Warm loaded
+				}
+				r.hist.Publish(room, e.Event)
+				out = append(out, e.Event)
+			} else if r.view.ApplyEvent(e.Node, room, e.Gen, e.Event, now) && hosted {
+				out = append(out, e.Event)
+			}
+		}
+		return out
+	})
+}
