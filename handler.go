@@ -32,7 +32,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if roomName == "" {
 		roomName = DefaultRoom
 	}
-	if !validRoom(roomName) {
+	if !chat.ValidRoom(roomName) {
 		refuse(w, http.StatusBadRequest, fmt.Sprintf("invalid room name %q: want 1 to 64 characters of A-Z a-z 0-9 . _ -", roomName))
 		return nil
 	}

@@ -180,17 +180,3 @@ func (in inbound) nickRequest() (string, error) {
 	}
 	return chat.CleanName(s)
 }
-
-// validRoom reports whether name is 1 to 64 characters of A-Z a-z 0-9 . _ -.
-func validRoom(name string) bool {
-	if len(name) == 0 || len(name) > 64 {
-		return false
-	}
-	for i := 0; i < len(name); i++ {
-		c := name[i]
-		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '.' || c == '_' || c == '-') {
-			return false
-		}
-	}
-	return true
-}

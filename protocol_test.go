@@ -79,19 +79,6 @@ func TestNickRules(t *testing.T) {
 	}
 }
 
-func TestValidRoom(t *testing.T) {
-	for _, ok := range []string{"lobby", "a", "A.b_c-9", strings.Repeat("r", 64)} {
-		if !validRoom(ok) {
-			t.Errorf("validRoom(%q) = false, want true", ok)
-		}
-	}
-	for _, bad := range []string{"", strings.Repeat("r", 65), "has space", "slash/", "émoji", "semi;colon", "nul\x00"} {
-		if validRoom(bad) {
-			t.Errorf("validRoom(%q) = true, want false", bad)
-		}
-	}
-}
-
 func TestServerFrames(t *testing.T) {
 	check := func(name string, data []byte, want map[string]any) {
 		t.Helper()

@@ -62,3 +62,22 @@ func NewPresence(kind string, m Member) *Event {
 func (ev *Event) Member() Member {
 	return Member{ID: ev.ID, Nick: ev.Nick, User: ev.User}
 }
+
+// MaxRoomLen is the longest room name, in bytes.
+const MaxRoomLen = 64
+
+// ValidRoom reports whether name is a room name: 1 to MaxRoomLen characters
+// of A-Z a-z 0-9 . _ -. The handler refuses any other before the upgrade,
+// and a relay drops an event of any other read back from shared storage.
+func ValidRoom(name string) bool {
+	if len(name) == 0 || len(name) > MaxRoomLen {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '.' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
+}

@@ -83,3 +83,16 @@ func FuzzCleanName(f *testing.F) {
 		}
 	})
 }
+
+func TestValidRoom(t *testing.T) {
+	for _, ok := range []string{"lobby", "a", "A.b_c-9", strings.Repeat("r", 64)} {
+		if !ValidRoom(ok) {
+			t.Errorf("ValidRoom(%q) = false, want true", ok)
+		}
+	}
+	for _, bad := range []string{"", strings.Repeat("r", 65), "has space", "slash/", "émoji", "semi;colon", "nul\x00"} {
+		if ValidRoom(bad) {
+			t.Errorf("ValidRoom(%q) = true, want false", bad)
+		}
+	}
+}

@@ -177,7 +177,7 @@ func decodeEntry(value []byte, lim limits) (*logEntry, error) {
 	if !validNodeID(e.Node) {
 		return nil, reject("entry node %.30q", e.Node)
 	}
-	if !validRoom(e.Room) {
+	if !chat.ValidRoom(e.Room) {
 		return nil, reject("entry room %.70q", e.Room)
 	}
 	if err := checkEvent(e.Event, lim); err != nil {
@@ -236,7 +236,7 @@ func decodeChunk(value []byte, listCap int) (*chunk, error) {
 		return nil, reject("chunk: %v", err)
 	}
 	for room, wr := range c.Rooms {
-		if !validRoom(room) {
+		if !chat.ValidRoom(room) {
 			return nil, reject("chunk room %.70q", room)
 		}
 		if wr.N < 0 || wr.N > maxRoomCount || len(wr.M) > listCap {

@@ -87,7 +87,7 @@ func FuzzDecodeEntry(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if !validNodeID(e.Node) || !validRoom(e.Room) {
+		if !validNodeID(e.Node) || !chat.ValidRoom(e.Room) {
 			t.Fatalf("accepted node %q room %q", e.Node, e.Room)
 		}
 		checkAccepted(t, e.Event)
@@ -121,7 +121,7 @@ func FuzzDecodeChunk(f *testing.F) {
 			return
 		}
 		for room, wr := range c.Rooms {
-			if !validRoom(room) || wr.N < 0 || wr.N > maxRoomCount || len(wr.M) > 4 {
+			if !chat.ValidRoom(room) || wr.N < 0 || wr.N > maxRoomCount || len(wr.M) > 4 {
 				t.Fatalf("accepted room %q with %d members, %d listed", room, wr.N, len(wr.M))
 			}
 			for _, m := range wr.M {

@@ -3,6 +3,7 @@ package memcached
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"github.com/caddy-chatroom/chatroom/internal/chat"
 	"hash/fnv"
 	"strconv"
 )
@@ -59,24 +60,9 @@ const maxRoomKeyPart = 64
 // readable; anything else becomes "~" and a hash, which no valid name can
 // collide with because "~" is not allowed in names.
 func roomKeyPart(room string) string {
-	if validRoom(room) && len(room) <= maxRoomKeyPart {
+	if chat.ValidRoom(room) && len(room) <= maxRoomKeyPart {
 		return room
 	}
 	sum := sha256.Sum256([]byte(room))
 	return "~" + hex.EncodeToString(sum[:16])
-}
-
-// validRoom reports whether name is a room name as the handler accepts it
-// (see the README): 1 to 64 of A-Z a-z 0-9 . _ -.
-func validRoom(name string) bool {
-	if len(name) == 0 || len(name) > 64 {
-		return false
-	}
-	for i := 0; i < len(name); i++ {
-		c := name[i]
-		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '.' || c == '_' || c == '-') {
-			return false
-		}
-	}
-	return true
 }
