@@ -45,6 +45,9 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		{"ping_interval", "chatroom {\n ping_interval 10s\n}", Handler{PingInterval: caddy.Duration(10 * time.Second)}},
 		{"ttl", "chatroom {\n ttl 1m\n}", Handler{TTL: caddy.Duration(time.Minute)}},
 		{"ttl days", "chatroom {\n ttl 1d\n}", Handler{TTL: caddy.Duration(24 * time.Hour)}},
+		{"presence_limit", "chatroom {\n presence_limit 20\n}", Handler{PresenceLimit: 20}},
+		{"max_rooms", "chatroom {\n max_rooms 50\n}", Handler{MaxRooms: intPtr(50)}},
+		{"max_rooms no limit", "chatroom {\n max_rooms 0\n}", Handler{MaxRooms: intPtr(0)}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -94,6 +97,10 @@ func TestUnmarshalCaddyfileErrors(t *testing.T) {
 		{"ping_interval negative", "chatroom {\n ping_interval -1s\n}", `ping_interval: bad duration "-1s"`},
 		{"ttl bad", "chatroom {\n ttl forever\n}", `ttl: bad duration "forever"`},
 		{"ttl missing", "chatroom {\n ttl\n}", "ttl: want exactly one argument, got 0"},
+		{"presence_limit zero", "chatroom {\n presence_limit 0\n}", `presence_limit: bad number "0"`},
+		{"presence_limit too large", "chatroom {\n presence_limit 10001\n}", "from 1 to 10000"},
+		{"max_rooms negative", "chatroom {\n max_rooms -1\n}", `max_rooms: bad number "-1"`},
+		{"max_rooms missing", "chatroom {\n max_rooms\n}", "max_rooms: want exactly one argument, got 0"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -137,6 +144,8 @@ func TestValidateJSONConfig(t *testing.T) {
 		{"history", Handler{History: 5000}, "history must be between"},
 		{"send queue", Handler{SendQueue: -1}, "send_queue"},
 		{"max connections", Handler{MaxConnections: -1}, "max_connections"},
+		{"presence limit", Handler{PresenceLimit: -3}, "presence_limit"},
+		{"max rooms", Handler{MaxRooms: intPtr(-1)}, "max_rooms"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -197,3 +206,6 @@ func indentJSON(w *strings.Builder, data []byte) error {
 	w.WriteString("\n")
 	return nil
 }
+
+// intPtr returns a pointer to n, for settings where 0 differs from unset.
+func intPtr(n int) *int { return &n }

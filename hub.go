@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"github.com/caddy-chatroom/chatroom/internal/chat"
-	"sort"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -43,9 +42,10 @@ type hub struct {
 type room struct {
 	name string
 
-	mu      sync.Mutex
-	members []*conn
-	dead    bool // removed from the hub; a joiner must fetch a fresh room
+	mu       sync.Mutex
+	members  []*conn
+	dead     bool         // removed from the hub; a joiner must fetch a fresh room
+	presence roomPresence // full presence or counts (bigroom.go)
 }
 
 // errHubClosed is returned to a connection that arrives while the hub shuts
@@ -92,7 +92,7 @@ func (h *hub) join(ctx context.Context, c *conn) error {
 	c.logger = c.logger.WithLazy(zap.String("id", c.member.ID), zap.String("room", c.roomName))
 	h.reg.Warm(ctx, c.roomName)
 	for {
-		r, err := h.room(c.roomName)
+		r, err := h.room(c.roomName, c.opts.presenceLimit)
 		if err != nil {
 			return err
 		}
@@ -105,21 +105,22 @@ func (h *hub) join(ctx context.Context, c *conn) error {
 		c.index = len(r.members)
 		r.members = append(r.members, c)
 		c.sendFrame(welcomeMessage(c.member, r.name))
-		c.sendFrame(onlineMessage(h.online(r)))
+		c.sendFrame(h.onlineFrame(r))
 		if c.opts.history > 0 {
 			for _, ev := range h.reg.History(r.name, c.opts.history) {
 				c.sendFrame(encodeFrame(ev))
 			}
 		}
-		h.publish(r, &chat.Event{Kind: chat.KindJoin, ID: c.member.ID, Nick: c.member.Nick}, c)
+		h.publishPresence(r, &chat.Event{Kind: chat.KindJoin, ID: c.member.ID, Nick: c.member.Nick}, c)
 		r.mu.Unlock()
 		h.metrics.connections.Inc()
 		return nil
 	}
 }
 
-// room returns the live room called name, creating it.
-func (h *hub) room(name string) (*room, error) {
+// room returns the live room called name, creating it with the given
+// presence_limit.
+func (h *hub) room(name string, presenceLimit int) (*room, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.closed {
@@ -128,7 +129,9 @@ func (h *hub) room(name string) (*room, error) {
 	r := h.rooms[name]
 	if r == nil {
 		r = &room{name: name}
+		r.presence.limit = max(presenceLimit, 1)
 		h.rooms[name] = r
+		h.metrics.rooms.Inc()
 	}
 	return r, nil
 }
@@ -151,10 +154,11 @@ func (h *hub) leave(c *conn) {
 	r.members[last] = nil
 	r.members = r.members[:last]
 	c.index = -1
-	h.publish(r, &chat.Event{Kind: chat.KindLeave, ID: c.member.ID, Nick: c.member.Nick}, nil)
+	h.publishPresence(r, &chat.Event{Kind: chat.KindLeave, ID: c.member.ID, Nick: c.member.Nick}, nil)
 	empty := len(r.members) == 0
 	if empty {
 		r.dead = true
+		r.stopCount()
 	}
 	r.mu.Unlock()
 	h.metrics.connections.Dec()
@@ -162,6 +166,7 @@ func (h *hub) leave(c *conn) {
 		h.mu.Lock()
 		if h.rooms[r.name] == r {
 			delete(h.rooms, r.name)
+			h.metrics.rooms.Dec()
 		}
 		h.mu.Unlock()
 	}
@@ -184,7 +189,7 @@ func (h *hub) rename(c *conn, nick string) {
 		return
 	}
 	c.member.Nick = nick
-	h.publish(r, &chat.Event{Kind: chat.KindNick, ID: c.member.ID, Nick: nick}, c)
+	h.publishPresence(r, &chat.Event{Kind: chat.KindNick, ID: c.member.ID, Nick: nick}, c)
 }
 
 // publish fans ev out to the local members of r except the sender and hands
@@ -205,7 +210,7 @@ func (h *hub) Deliver(name string, ev *chat.Event) {
 	}
 	r.mu.Lock()
 	if !r.dead {
-		r.broadcast(encodeFrame(ev), nil)
+		h.deliverLocal(r, ev, nil)
 	}
 	r.mu.Unlock()
 }
@@ -231,7 +236,7 @@ func (h *hub) DeliverWith(name string, update func() []*chat.Event) {
 			continue // being removed: a joiner will make a fresh room
 		}
 		for _, ev := range update() {
-			r.broadcast(encodeFrame(ev), nil)
+			h.deliverLocal(r, ev, nil)
 		}
 		r.mu.Unlock()
 		return
@@ -255,14 +260,6 @@ func (h *hub) LocalMembers() map[string][]chat.Member {
 		r.mu.Unlock()
 	}
 	return out
-}
-
-// online lists every member of r across the cluster, ordered by id. The
-// caller holds r.mu.
-func (h *hub) online(r *room) []chat.Member {
-	members := append(r.localMembers(), h.reg.RemoteMembers(r.name)...)
-	sort.Slice(members, func(i, j int) bool { return idLess(members[i].ID, members[j].ID) })
-	return members
 }
 
 // idLess orders decimal ids numerically, and anything else after them.

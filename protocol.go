@@ -38,6 +38,13 @@ type (
 		MsgSource string        `json:"msg_source"`
 		Event     string        `json:"event"`
 		Online    []chat.Member `json:"online"`
+		Count     string        `json:"count,omitempty"` // a big room's size; Online is then a part of it
+	}
+	countFrame struct {
+		Msg       string `json:"msg"`
+		MsgSource string `json:"msg_source"`
+		Event     string `json:"event"`
+		Count     string `json:"count"`
 	}
 	presenceFrame struct {
 		Msg       string `json:"msg"`
@@ -93,6 +100,22 @@ func onlineMessage(members []chat.Member) []byte {
 		members = []chat.Member{}
 	}
 	return mustMarshal(onlineFrame{Msg: strconv.Itoa(len(members)) + " online", MsgSource: sourceServer, Event: "online", Online: members})
+}
+
+// bigOnlineMessage is the online frame of a room bigger than its
+// presence_limit: total members, of which list shows some.
+func bigOnlineMessage(list []chat.Member, total int) []byte {
+	if list == nil {
+		list = []chat.Member{}
+	}
+	n := strconv.Itoa(total)
+	return mustMarshal(onlineFrame{Msg: n + " online", MsgSource: sourceServer, Event: "online", Online: list, Count: n})
+}
+
+// countMessage tells the members of a big room its size.
+func countMessage(total int) []byte {
+	n := strconv.Itoa(total)
+	return mustMarshal(countFrame{Msg: n + " online", MsgSource: sourceServer, Event: "count", Count: n})
 }
 
 func errorMessage(code, reason string) []byte {
