@@ -64,7 +64,7 @@ func TestBrowser(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The example's own site, on a free port.
-	body := fmt.Sprintf("\troot * %q\n\tchatroom /ws {\n\t\troom {query.room}\n\t\thistory 50\n\t}\n\tfile_server", public)
+	body := fmt.Sprintf("\troot * %q\n\tchatroom /ws {\n\t\troom {query.room}\n\t\thistory 50\n\t\tpresence_limit 3\n\t}\n\tfile_server", public)
 	p := startCaddy(t, body)
 
 	// The script asks for restarts over HTTP; the restart itself runs here,
