@@ -197,6 +197,9 @@ func TestMaxRooms(t *testing.T) {
 		t.Fatal("a third room was opened with max_rooms 2")
 	}
 	checkRefusal(t, resp, http.StatusServiceUnavailable, "rooms")
+	if got := p.metric("caddy_chatroom_rooms_open"); got != 2 {
+		t.Errorf("rooms_open = %v, want 2", got)
+	}
 
 	again := dial(t, roomURL("r1"), nil)
 	againID, _ := again.login()
