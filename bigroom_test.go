@@ -287,3 +287,31 @@ func TestJoinStormKeepsReader(t *testing.T) {
 		})
 	}
 }
+
+// TestBigRoomAcrossCluster: presence_limit counts members on every
+// instance; members on both instances converge to the true count, and back
+// within the limit to the whole list.
+func TestBigRoomAcrossCluster(t *testing.T) {
+	mc := startMemcached(t)
+	p1 := startCaddyCluster(t, "presence_limit 2", mc.Addr)
+	p2 := startCaddyCluster(t, "presence_limit 2", mc.Addr)
+
+	rc := joinRoom(t, p1.url("ws", "/ws"), 2)
+	a := rc.clients[0]
+	c := dial(t, p2.url("ws", "/ws"), nil)
+	cID, _ := c.login()
+	a.await("the count 3 after a join on the other instance", isCount(3))
+
+	d := dial(t, p2.url("ws", "/ws"), nil)
+	d.login()
+	a.await("the count 4", isCount(4))
+	c.await("the count 4 on the other instance", isCount(4))
+
+	_ = d.conn.Close()
+	c.await("the count 3 on the other instance", isCount(3))
+	_ = c.conn.Close()
+	online := a.await("a fresh online list", func(f frame) bool { return f.str("event") == "online" })
+	if ids := onlineIDs(online); len(ids) != 2 || !containsAll(ids, rc.ids...) {
+		t.Errorf("online list after %s left the other instance: %v, want %v", cID, ids, rc.ids)
+	}
+}
