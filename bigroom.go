@@ -26,6 +26,13 @@ type roomPresence struct {
 	timer     *time.Timer // the pending count tick; nil when none
 	lastSent  time.Time   // when the last count or refresh went out
 	lastCount int         // the count last sent; 0 after a refresh
+
+	// view is the encoded member list of a big room's online frame, kept
+	// while it stays true so that a join into a big room costs no list
+	// building: a join leaves every listed member a member, a leave or a
+	// rename may not. nil when it must be built again.
+	view    []byte
+	viewLen int // members in view
 }
 
 // remoteMembers is the hub's one question to the registry about other
@@ -35,14 +42,18 @@ func (h *hub) remoteMembers(r *room) []chat.Member {
 }
 
 // onlineView returns at most r's limit members across the cluster, ordered
-// by id, and how many members r has in all. The work is bounded by the
-// limit, not by the room's size (beyond what the registry's answer costs).
-// The caller holds r.mu.
+// by id, and how many members r has in all. The caller holds r.mu.
 func (h *hub) onlineView(r *room) (list []chat.Member, total int) {
 	remote := h.remoteMembers(r)
-	total = len(r.members) + len(remote)
-	n := min(total, r.presence.limit)
-	list = make([]chat.Member, 0, n)
+	return r.pick(remote), len(r.members) + len(remote)
+}
+
+// pick lists at most r's limit members, local ones first, ordered by id:
+// the work is bounded by the limit, not by the room's size. The caller
+// holds r.mu.
+func (r *room) pick(remote []chat.Member) []chat.Member {
+	n := min(len(r.members)+len(remote), r.presence.limit)
+	list := make([]chat.Member, 0, n)
 	for _, c := range r.members {
 		if len(list) == n {
 			break
@@ -56,18 +67,33 @@ func (h *hub) onlineView(r *room) (list []chat.Member, total int) {
 		list = append(list, m)
 	}
 	sort.Slice(list, func(i, j int) bool { return idLess(list[i].ID, list[j].ID) })
-	return list, total
+	return list
 }
 
 // onlineFrame is the online frame of r as it is now: the whole list for a
-// room within its limit, else the count and a bounded list. The caller
-// holds r.mu.
+// room within its limit, else the count and a bounded list, kept from one
+// join to the next. The caller holds r.mu.
 func (h *hub) onlineFrame(r *room) []byte {
-	list, total := h.onlineView(r)
-	if total > r.presence.limit {
-		return bigOnlineMessage(list, total)
+	p := &r.presence
+	remote := h.remoteMembers(r)
+	total := len(r.members) + len(remote)
+	if total <= p.limit {
+		return onlineMessage(r.pick(remote))
 	}
-	return onlineMessage(list)
+	if p.view == nil {
+		list := r.pick(remote)
+		p.view, p.viewLen = mustMarshal(list), len(list)
+	}
+	return bigOnlineMessage(p.view, total)
+}
+
+// viewChanged drops r's kept member list when ev may have made it untrue
+// (a leave or a rename), or when a join can fill it up. The caller holds
+// r.mu.
+func (r *room) viewChanged(ev *chat.Event) {
+	if ev.Kind != chat.KindJoin || r.presence.viewLen < r.presence.limit {
+		r.presence.view = nil
+	}
 }
 
 // presenceShown reports whether a presence event of r, whose membership has
@@ -146,6 +172,7 @@ func (h *hub) publishPresence(r *room, ev *chat.Event, sender *conn) {
 func (h *hub) deliverLocal(r *room, ev *chat.Event, except *conn) {
 	switch ev.Kind {
 	case chat.KindJoin, chat.KindLeave, chat.KindNick:
+		r.viewChanged(ev)
 		if h.presenceShown(r) {
 			r.broadcastPresence(encodeFrame(ev), presenceEvent, except, h.refresher(r))
 		}
@@ -186,15 +213,15 @@ func (r *room) broadcastPresence(frame []byte, kind presenceKind, except *conn, 
 }
 
 // roomOpen reports whether a connection may join room name with max_rooms
-// max: the room is open already, or one more fits (0 is no limit). Two
+// limit: the room is open already, or one more fits (0 is no limit). Two
 // joins racing for the last slot may both pass: the limit protects memory,
 // and one room too many does not threaten it.
-func (h *hub) roomOpen(name string, max int) bool {
-	if max <= 0 {
+func (h *hub) roomOpen(name string, limit int) bool {
+	if limit <= 0 {
 		return true
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	_, ok := h.rooms[name]
-	return ok || len(h.rooms) < max
+	return ok || len(h.rooms) < limit
 }

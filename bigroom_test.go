@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-chatroom/chatroom/internal/chat"
 	"github.com/gorilla/websocket"
 )
 
@@ -233,7 +234,6 @@ func TestJoinStormKeepsReader(t *testing.T) {
 			rc := joinRoom(t, url, 2)
 			sender, reader := rc.clients[0], rc.clients[1]
 			sid := rc.ids[0]
-			dropped := p.metric(seriesDropped(dropSlowConsumer))
 
 			const workers, rounds = 8, 30
 			stop := make(chan struct{})
@@ -279,11 +279,11 @@ func TestJoinStormKeepsReader(t *testing.T) {
 				t.Fatalf("the storm did not end within %d messages", maxMessages)
 			}
 			t.Logf("the reader got all %d messages sent during the storm", sent)
+			// Both are still connected: await fails on a closed connection.
+			// (Storm clients, which stop reading after the welcome, may be
+			// closed as slow consumers: that is the send queue at work.)
 			sender.send(map[string]any{"msg": "after"})
 			reader.await("the message after the storm", isChat(sid, "after"))
-			if got := p.metric(seriesDropped(dropSlowConsumer)); got != dropped {
-				t.Errorf("%v connections closed as slow consumers during the storm, want none", got-dropped)
-			}
 		})
 	}
 }
@@ -313,5 +313,17 @@ func TestBigRoomAcrossCluster(t *testing.T) {
 	online := a.await("a fresh online list", func(f frame) bool { return f.str("event") == "online" })
 	if ids := onlineIDs(online); len(ids) != 2 || !containsAll(ids, rc.ids...) {
 		t.Errorf("online list after %s left the other instance: %v, want %v", cID, ids, rc.ids)
+	}
+}
+
+// TestBigOnlineMessage: the online frame built by hand for big rooms is the
+// one the frame type encodes.
+func TestBigOnlineMessage(t *testing.T) {
+	for _, list := range [][]chat.Member{{}, {{ID: "1"}, {ID: "7", Nick: "ann \"<b>\"", User: "ann"}}} {
+		got := bigOnlineMessage(mustMarshal(list), 1234)
+		want := mustMarshal(onlineFrame{Msg: "1234 online", MsgSource: sourceServer, Event: "online", Online: list, Count: "1234"})
+		if string(got) != string(want) {
+			t.Errorf("bigOnlineMessage = %s, want %s", got, want)
+		}
 	}
 }

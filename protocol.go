@@ -103,13 +103,19 @@ func onlineMessage(members []chat.Member) []byte {
 }
 
 // bigOnlineMessage is the online frame of a room bigger than its
-// presence_limit: total members, of which list shows some.
-func bigOnlineMessage(list []chat.Member, total int) []byte {
-	if list == nil {
-		list = []chat.Member{}
-	}
+// presence_limit: total members, of which list (a JSON array of members,
+// encoded once for many joiners) shows some. The same fields as
+// onlineMessage's, plus count.
+func bigOnlineMessage(list []byte, total int) []byte {
 	n := strconv.Itoa(total)
-	return mustMarshal(onlineFrame{Msg: n + " online", MsgSource: sourceServer, Event: "online", Online: list, Count: n})
+	b := make([]byte, 0, len(list)+2*len(n)+96)
+	b = append(b, `{"msg":"`...)
+	b = append(b, n...)
+	b = append(b, ` online","msg_source":"server","event":"online","online":`...)
+	b = append(b, list...)
+	b = append(b, `,"count":"`...)
+	b = append(b, n...)
+	return append(b, `"}`...)
 }
 
 // countMessage tells the members of a big room its size.
