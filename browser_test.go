@@ -67,7 +67,7 @@ func TestBrowser(t *testing.T) {
 	// `user` from a cookie lets the script open a page with an
 	// authenticated name (a test stand-in for basic_auth or forward_auth:
 	// a cookie is not authentication); pages without it choose nicks.
-	body := fmt.Sprintf("\troot * %q\n\tchatroom /ws {\n\t\troom {query.room}\n\t\thistory 50\n\t\tuser {http.request.cookie.chatuser}\n\t}\n\tfile_server", public)
+	body := fmt.Sprintf("\troot * %q\n\tchatroom /ws {\n\t\troom {query.room}\n\t\thistory 50\n\t\tuser {http.request.cookie.chatuser}\n\t\tpresence_limit 3\n\t}\n\tfile_server", public)
 	p := startCaddy(t, body)
 
 	// The script asks for restarts over HTTP; the restart itself runs here,

@@ -41,6 +41,8 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		ping_interval <duration>
 //		ttl <duration>
 //		resume_window <duration>
+//		presence_limit <n>
+//		max_rooms <n>
 //	}
 func (c *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the directive's name
@@ -153,6 +155,18 @@ func (c *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 			c.ResumeWindow = dur
+		case "presence_limit":
+			n, err := intArg(d, 1, MaxPresenceLimit)
+			if err != nil {
+				return err
+			}
+			c.PresenceLimit = n
+		case "max_rooms":
+			n, err := intArg(d, 0, 1<<30)
+			if err != nil {
+				return err
+			}
+			c.MaxRooms = &n
 		default:
 			return d.Errf("unrecognized chatroom subdirective %q", sub)
 		}

@@ -46,6 +46,9 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		{"ttl", "chatroom {\n ttl 1m\n}", Handler{TTL: caddy.Duration(time.Minute)}},
 		{"ttl days", "chatroom {\n ttl 1d\n}", Handler{TTL: caddy.Duration(24 * time.Hour)}},
 		{"resume_window", "chatroom {\n resume_window 5m\n}", Handler{ResumeWindow: caddy.Duration(5 * time.Minute)}},
+		{"presence_limit", "chatroom {\n presence_limit 20\n}", Handler{PresenceLimit: 20}},
+		{"max_rooms", "chatroom {\n max_rooms 50\n}", Handler{MaxRooms: intPtr(50)}},
+		{"max_rooms no limit", "chatroom {\n max_rooms 0\n}", Handler{MaxRooms: intPtr(0)}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -98,6 +101,10 @@ func TestUnmarshalCaddyfileErrors(t *testing.T) {
 		{"resume_window bad", "chatroom {\n resume_window later\n}", `resume_window: bad duration "later"`},
 		{"resume_window zero", "chatroom {\n resume_window 0s\n}", `resume_window: bad duration "0s"`},
 		{"resume_window missing", "chatroom {\n resume_window\n}", "resume_window: want exactly one argument, got 0"},
+		{"presence_limit zero", "chatroom {\n presence_limit 0\n}", `presence_limit: bad number "0"`},
+		{"presence_limit too large", "chatroom {\n presence_limit 10001\n}", "from 1 to 10000"},
+		{"max_rooms negative", "chatroom {\n max_rooms -1\n}", `max_rooms: bad number "-1"`},
+		{"max_rooms missing", "chatroom {\n max_rooms\n}", "max_rooms: want exactly one argument, got 0"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -143,6 +150,8 @@ func TestValidateJSONConfig(t *testing.T) {
 		{"max connections", Handler{MaxConnections: -1}, "max_connections"},
 		{"resume window negative", Handler{ResumeWindow: -1}, "resume_window"},
 		{"resume window too long", Handler{ResumeWindow: caddy.Duration(25 * time.Hour)}, "resume_window must be positive and at most 24h"},
+		{"presence limit", Handler{PresenceLimit: -3}, "presence_limit"},
+		{"max rooms", Handler{MaxRooms: intPtr(-1)}, "max_rooms"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -203,3 +212,6 @@ func indentJSON(w *strings.Builder, data []byte) error {
 	w.WriteString("\n")
 	return nil
 }
+
+// intPtr returns a pointer to n, for settings where 0 differs from unset.
+func intPtr(n int) *int { return &n }

@@ -29,6 +29,10 @@ type connOptions struct {
 	rateText     string // "20 per 1s", for the error frame
 	nickLocked   bool
 	resume       resumeRequest // what the client asked for with since
+
+	// presenceLimit is the presence_limit of the handler, which a room
+	// takes from the connection that opens it.
+	presenceLimit int
 }
 
 // Reasons a connection is closed, as counted in metrics.
@@ -66,6 +70,7 @@ type conn struct {
 
 	mu        sync.Mutex
 	queue     []*websocket.PreparedMessage
+	presence  waitingPresence              // presence frames in queue (sendqueue.go)
 	spare     []*websocket.PreparedMessage // the writer's last batch, reused
 	writing   bool                         // a writer goroutine runs
 	pingDue   bool
@@ -241,7 +246,7 @@ func (c *conn) send(pm *websocket.PreparedMessage) {
 		c.mu.Unlock()
 		return
 	}
-	if len(c.queue) >= c.opts.sendQueue {
+	if c.chatWaiting() >= c.opts.sendQueue {
 		c.closing = true
 		c.mu.Unlock()
 		go c.finishClose(websocket.ClosePolicyViolation, fmt.Sprintf("too slow: more than %d frames waiting", c.opts.sendQueue), dropSlowConsumer)
@@ -272,6 +277,7 @@ func (c *conn) writeLoop() {
 			return
 		}
 		c.queue, c.spare = c.spare[:0], nil
+		c.presence.taken()
 		c.pingDue = false
 		c.mu.Unlock()
 

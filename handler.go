@@ -40,6 +40,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		refuse(w, http.StatusForbidden, fmt.Sprintf("origin %q is not allowed", r.Header.Get("Origin")))
 		return nil
 	}
+	if !h.hub.roomOpen(roomName, *h.MaxRooms) {
+		refuse(w, http.StatusServiceUnavailable, "too many chat rooms open; try again later")
+		return nil
+	}
 	if !h.hub.reserve(h.MaxConnections) {
 		refuse(w, http.StatusServiceUnavailable, "too many chat connections; try again later")
 		return nil

@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"github.com/caddy-chatroom/chatroom/internal/chat"
-	"sort"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -19,13 +17,14 @@ import (
 //
 //  1. hub.mu: the room map (and closed).
 //  2. room.mu: a room's members; it orders every event of the room.
-//  3. The registry's locks (embeddedRegistry.mu, memcachedRegistry.mu and
-//     its rooms' locks): the hub calls Publish, History, RemoteMembers and
-//     DeliverWith's update under room.mu, and update under hub.mu when the
-//     room has no members. So a registry never calls the Host (Deliver,
-//     DeliverWith, LocalMembers) while it holds a lock of its own.
-//  4. Leaves, which call nothing while held: the id allocator's
-//     (idAllocator.mu), the memcached client's (mcClient.mu).
+//  3. The registry's locks: memcached.Backend.mu, then the history's
+//     (embeddedRegistry.mu), which a backend takes under its own. The hub
+//     calls Publish, History, Since, RemoteMembers and RemoteCount under
+//     room.mu, and DeliverWith runs a backend's update under room.mu, or
+//     under hub.mu when the room has no members. So a backend never calls
+//     the Host (DeliverWith) while it holds a lock of its own.
+//  4. Leaves, which call nothing while held: the id allocator's, the
+//     memcached servers' up/down state, the presence view's.
 //
 // conn.mu is taken under room.mu (a member's send queue) and never held
 // while taking any lock above; a writer or closer drops it before it
@@ -57,9 +56,10 @@ type hub struct {
 type room struct {
 	name string
 
-	mu      sync.Mutex
-	members []*conn
-	dead    bool // removed from the hub; a joiner must fetch a fresh room
+	mu       sync.Mutex
+	members  []*conn
+	dead     bool         // removed from the hub; a joiner must fetch a fresh room
+	presence roomPresence // full presence or counts (bigroom.go)
 }
 
 // errHubClosed is returned to a connection that arrives while the hub shuts
@@ -111,7 +111,7 @@ func (h *hub) join(ctx context.Context, c *conn) error {
 	c.identify(h.reg.NewID(ctx))
 	h.reg.Warm(ctx, c.roomName)
 	for {
-		r, err := h.room(c.roomName)
+		r, err := h.room(c.roomName, c.opts.presenceLimit)
 		if err != nil {
 			return err
 		}
@@ -127,17 +127,18 @@ func (h *hub) join(ctx context.Context, c *conn) error {
 		c.placeAt(r, len(r.members))
 		r.members = append(r.members, c)
 		c.sendFrame(welcomeMessage(c.member, r.name))
-		c.sendFrame(onlineMessage(h.online(r)))
+		c.sendFrame(h.onlineFrame(r))
 		h.replay(r, c)
-		h.publish(r, chat.NewPresence(chat.KindJoin, c.member), c)
+		h.publishPresence(r, chat.NewPresence(chat.KindJoin, c.member), c)
 		r.mu.Unlock()
 		h.metrics.connections.Inc()
 		return nil
 	}
 }
 
-// room returns the live room called name, creating it.
-func (h *hub) room(name string) (*room, error) {
+// room returns the live room called name, creating it with the given
+// presence_limit.
+func (h *hub) room(name string, presenceLimit int) (*room, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.closed {
@@ -146,7 +147,9 @@ func (h *hub) room(name string) (*room, error) {
 	r := h.rooms[name]
 	if r == nil {
 		r = &room{name: name}
+		r.presence.limit = max(presenceLimit, 1)
 		h.rooms[name] = r
+		h.metrics.rooms.Inc()
 	}
 	return r, nil
 }
@@ -169,10 +172,11 @@ func (h *hub) leave(c *conn) {
 	r.members[last] = nil
 	r.members = r.members[:last]
 	c.moveTo(-1)
-	h.publish(r, chat.NewPresence(chat.KindLeave, c.member), nil)
+	h.publishPresence(r, chat.NewPresence(chat.KindLeave, c.member), nil)
 	empty := len(r.members) == 0
 	if empty {
 		r.dead = true
+		r.stopCount()
 	}
 	r.mu.Unlock()
 	h.metrics.connections.Dec()
@@ -180,6 +184,7 @@ func (h *hub) leave(c *conn) {
 		h.mu.Lock()
 		if h.rooms[r.name] == r {
 			delete(h.rooms, r.name)
+			h.metrics.rooms.Dec()
 		}
 		h.mu.Unlock()
 	}
@@ -202,7 +207,7 @@ func (h *hub) rename(c *conn, nick string) {
 		return
 	}
 	c.setNick(nick)
-	h.publish(r, chat.NewPresence(chat.KindNick, c.member), c)
+	h.publishPresence(r, chat.NewPresence(chat.KindNick, c.member), c)
 }
 
 // publish hands ev to the registry and fans it out to the local members of
@@ -235,32 +240,11 @@ func (h *hub) DeliverWith(name string, update func() []*chat.Event) {
 			continue // being removed: a joiner will make a fresh room
 		}
 		for _, ev := range update() {
-			r.broadcast(encodeFrame(ev), nil)
+			h.deliverLocal(r, ev, nil)
 		}
 		r.mu.Unlock()
 		return
 	}
-}
-
-// online lists every member of r across the cluster, ordered by id. The
-// caller holds r.mu.
-func (h *hub) online(r *room) []chat.Member {
-	members := append(r.localMembers(), h.reg.RemoteMembers(r.name)...)
-	sort.Slice(members, func(i, j int) bool { return idLess(members[i].ID, members[j].ID) })
-	return members
-}
-
-// idLess orders decimal ids numerically, and anything else after them.
-func idLess(a, b string) bool {
-	an, aerr := strconv.ParseUint(a, 10, 64)
-	bn, berr := strconv.ParseUint(b, 10, 64)
-	if aerr == nil && berr == nil {
-		return an < bn
-	}
-	if len(a) != len(b) {
-		return len(a) < len(b)
-	}
-	return a < b
 }
 
 // localMembers lists r's members on this instance. The caller holds r.mu.

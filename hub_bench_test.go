@@ -44,7 +44,7 @@ func newBenchRoom(b *testing.B, n int) *benchRoom {
 	if err := br.hub.start(); err != nil {
 		b.Fatal(err)
 	}
-	r, err := br.hub.room("bench")
+	r, err := br.hub.room("bench", DefaultPresenceLimit)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -14,6 +14,7 @@ import (
 // values survive reloads.
 type metrics struct {
 	connections     prometheus.Gauge
+	rooms           prometheus.Gauge
 	received        prometheus.Counter
 	rateLimited     prometheus.Counter
 	delivered       prometheus.Counter
@@ -37,6 +38,8 @@ func newMetrics() *metrics {
 	m := &metrics{
 		connections: prometheus.NewGauge(prometheus.GaugeOpts(opts("connections_open",
 			"Chat WebSocket connections open on this instance."))),
+		rooms: prometheus.NewGauge(prometheus.GaugeOpts(opts("rooms_open",
+			"Chat rooms with members on this instance."))),
 		received: prometheus.NewCounter(prometheus.CounterOpts(opts("messages_received_total",
 			"Chat messages received from clients and accepted for relay."))),
 		rateLimited: prometheus.NewCounter(prometheus.CounterOpts(opts("messages_rate_limited_total",
@@ -69,7 +72,7 @@ func newMetrics() *metrics {
 // register adds the collectors to reg; collectors already there (from an
 // earlier provisioning of the same config) are fine.
 func (m *metrics) register(reg prometheus.Registerer) error {
-	for _, c := range []prometheus.Collector{m.connections, m.received, m.rateLimited, m.delivered, m.dropped, m.memcachedErrors,
+	for _, c := range []prometheus.Collector{m.connections, m.rooms, m.received, m.rateLimited, m.delivered, m.dropped, m.memcachedErrors,
 		m.memcachedRequests, m.memcachedRejected, m.relaySkipped} {
 		if err := reg.Register(c); err != nil {
 			var already prometheus.AlreadyRegisteredError

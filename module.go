@@ -31,10 +31,16 @@ const (
 	DefaultSendQueue      = 256
 	DefaultPingInterval   = 25 * time.Second
 	DefaultTTL            = 30 * time.Second
+	DefaultPresenceLimit  = 100
+	DefaultMaxRooms       = 10000
 )
 
 // MaxHistory is the largest `history` a room may replay.
 const MaxHistory = 1000
+
+// MaxPresenceLimit is the largest `presence_limit`: the online list a
+// joiner is sent holds at most that many members.
+const MaxPresenceLimit = 10000
 
 // Handler is the `chatroom` HTTP handler: it turns a WebSocket upgrade
 // request into a member of a chat room, and passes every other request on to
@@ -96,6 +102,18 @@ type Handler struct {
 	// client that reconnects with `since`, at most 24h; the memcached room
 	// log keeps its entries at least that long. Default: 2m.
 	ResumeWindow caddy.Duration `json:"resume_window,omitempty"`
+
+	// PresenceLimit is the largest room, in members across the cluster,
+	// that gets full presence: the online list and join, leave and nick
+	// events. A bigger room gets its member count instead (see the README,
+	// "Big rooms"). A room takes the value of the handler whose connection
+	// opened it. Default: 100.
+	PresenceLimit int `json:"presence_limit,omitempty"`
+
+	// MaxRooms is how many rooms this instance hosts at once; a join that
+	// would open one more is answered 503. A pointer, so that 0 (no limit)
+	// can be told from unset. Default: 10000.
+	MaxRooms *int `json:"max_rooms,omitempty"`
 
 	hub       *hub
 	transport *wsio.Transport // the sockets of the hub's connections
@@ -174,6 +192,8 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		rateLimit:    rate.Every(time.Duration(h.RateLimit.Interval) / time.Duration(h.RateLimit.Messages)),
 		rateBurst:    h.RateLimit.Messages,
 		rateText:     strconv.Itoa(h.RateLimit.Messages) + " per " + time.Duration(h.RateLimit.Interval).String(),
+
+		presenceLimit: h.PresenceLimit,
 	}
 	return nil
 }
@@ -208,6 +228,13 @@ func (h *Handler) setDefaults() {
 	}
 	if h.ResumeWindow == 0 {
 		h.ResumeWindow = caddy.Duration(DefaultResumeWindow)
+	}
+	if h.PresenceLimit == 0 {
+		h.PresenceLimit = DefaultPresenceLimit
+	}
+	if h.MaxRooms == nil {
+		n := DefaultMaxRooms
+		h.MaxRooms = &n
 	}
 }
 
@@ -244,6 +271,10 @@ func (h *Handler) Validate() error {
 		return fmt.Errorf("ttl must be positive")
 	case h.ResumeWindow < 0 || time.Duration(h.ResumeWindow) > MaxResumeWindow:
 		return fmt.Errorf("resume_window must be positive and at most %v, got %v", MaxResumeWindow, time.Duration(h.ResumeWindow))
+	case h.PresenceLimit < 0 || h.PresenceLimit > MaxPresenceLimit:
+		return fmt.Errorf("presence_limit must be between 1 and %d, got %d", MaxPresenceLimit, h.PresenceLimit)
+	case h.MaxRooms != nil && *h.MaxRooms < 0:
+		return fmt.Errorf("max_rooms must be 0 or more, got %d", *h.MaxRooms)
 	}
 	return nil
 }

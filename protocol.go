@@ -44,6 +44,13 @@ type (
 		MsgSource string        `json:"msg_source"`
 		Event     string        `json:"event"`
 		Online    []chat.Member `json:"online"`
+		Count     string        `json:"count,omitempty"` // a big room's size; Online is then a part of it
+	}
+	countFrame struct {
+		Msg       string `json:"msg"`
+		MsgSource string `json:"msg_source"`
+		Event     string `json:"event"`
+		Count     string `json:"count"`
 	}
 	presenceFrame struct {
 		Msg       string `json:"msg"`
@@ -108,6 +115,28 @@ func onlineMessage(members []chat.Member) []byte {
 		members = []chat.Member{}
 	}
 	return mustMarshal(onlineFrame{Msg: strconv.Itoa(len(members)) + " online", MsgSource: sourceServer, Event: "online", Online: members})
+}
+
+// bigOnlineMessage is the online frame of a room bigger than its
+// presence_limit: total members, of which list (a JSON array of members,
+// encoded once for many joiners) shows some. The same fields as
+// onlineMessage's, plus count.
+func bigOnlineMessage(list []byte, total int) []byte {
+	n := strconv.Itoa(total)
+	b := make([]byte, 0, len(list)+2*len(n)+96)
+	b = append(b, `{"msg":"`...)
+	b = append(b, n...)
+	b = append(b, ` online","msg_source":"server","event":"online","online":`...)
+	b = append(b, list...)
+	b = append(b, `,"count":"`...)
+	b = append(b, n...)
+	return append(b, `"}`...)
+}
+
+// countMessage tells the members of a big room its size.
+func countMessage(total int) []byte {
+	n := strconv.Itoa(total)
+	return mustMarshal(countFrame{Msg: n + " online", MsgSource: sourceServer, Event: "count", Count: n})
 }
 
 func errorMessage(code, reason string) []byte {

@@ -16,7 +16,7 @@ import (
 // and presence between instances. The embedded registry serves one instance;
 // a cluster backend (internal/memcached) serves many.
 //
-// The hub calls Publish, History, Since and RemoteMembers while it holds a room's
+// The hub calls Publish, History, Since, RemoteMembers and RemoteCount while it holds a room's
 // lock, so that what a joiner is shown and what it is sent afterwards are in
 // one order: those methods must answer from memory and never wait on the
 // network. Warm and NewID may wait, briefly, before the lock is taken.
@@ -45,8 +45,12 @@ type Registry interface {
 	// some events after after may no longer be held (or after is unknown
 	// here).
 	Since(room string, after uint64) (events []*chat.Event, complete bool)
-	// RemoteMembers returns the room's members connected to other instances.
+	// RemoteMembers returns the room's members connected to other
+	// instances: all of them in a small room, a bounded sample in a big one.
 	RemoteMembers(room string) []chat.Member
+	// RemoteCount returns how many members the room has on other
+	// instances, exact however many RemoteMembers lists.
+	RemoteCount(room string) int
 	// KeepHistory raises the number of chat events kept per room to at
 	// least n.
 	KeepHistory(n int)
@@ -98,6 +102,9 @@ func (r *embeddedRegistry) Warm(context.Context, string) {}
 
 // RemoteMembers implements Registry.
 func (r *embeddedRegistry) RemoteMembers(string) []chat.Member { return nil }
+
+// RemoteCount implements Registry.
+func (r *embeddedRegistry) RemoteCount(string) int { return 0 }
 
 // KeepHistory implements Registry.
 func (r *embeddedRegistry) KeepHistory(n int) {

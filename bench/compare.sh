@@ -11,12 +11,19 @@
 #
 #   S1 fan-out:    1,000 clients, 10 senders at 20 msg/s each, 64-byte text, 20 s
 #   S2 saturation: 200 clients, 4 senders, a window of 16 in-flight messages each, 15 s
-#   S3 idle:       10,000 connections held 20 s (memory per connection)
+#   S3 idle:       10,000 connections in ONE room (ours: the lobby), held 20 s
+#                  (memory per connection, server CPU to fill the room)
+#   S3r idle:      the same in rooms of 100 (ours; gorilla has one hub either way)
+#   S4 join storm: 800 clients join at once and leave, in waves for 15 s, while
+#                  a reader and a sender chat at 20 msg/s; reports whether the
+#                  reader was evicted (ours with the default send_queue 256)
 #
 # Everything listens on 127.0.0.1 only. Every step is bounded by `timeout`;
 # the whole script takes about 8 minutes on 2 cores (13 with RUNS=5).
 # Not run in CI. Environment: RUNS, S1_SECONDS, S2_SECONDS, S3_CLIENTS,
-# S3_SECONDS, PORT (three ports from PORT are used), PROFILE=1 to save a CPU
+# S3_SECONDS, S4_SECONDS, S4_CHURN, SCENARIOS (default "S1 S2 S3 S3r S4"),
+# CADDY (a Caddy binary to measure instead of building ./cmd/caddy, e.g. one
+# built from an older commit), PORT (three ports from PORT are used), PROFILE=1 to save a CPU
 # profile of our server during the first S2 run.
 set -euo pipefail
 
@@ -26,6 +33,9 @@ S1_SECONDS=${S1_SECONDS:-20}
 S2_SECONDS=${S2_SECONDS:-15}
 S3_CLIENTS=${S3_CLIENTS:-10000}
 S3_SECONDS=${S3_SECONDS:-20}
+S4_SECONDS=${S4_SECONDS:-15}
+S4_CHURN=${S4_CHURN:-800}
+SCENARIOS=" ${SCENARIOS:-S1 S2 S3 S3r S4} "
 PORT=${PORT:-18480}
 OURS_PORT=$PORT
 OURS_ADMIN=$((PORT + 1))
@@ -40,7 +50,11 @@ echo "# output in $OUT"
 echo "# machine: $(nproc) cores, $(uname -sr), $(go version | cut -d' ' -f3-)"
 
 # Builds.
-timeout 600 go build -o "$OUT/caddy" ./cmd/caddy
+if [[ -n ${CADDY:-} ]]; then
+	cp "$CADDY" "$OUT/caddy"
+else
+	timeout 600 go build -o "$OUT/caddy" ./cmd/caddy
+fi
 timeout 300 go build -o "$OUT/chatbench" ./cmd/chatbench
 WS_VERSION=$(go list -m -f '{{.Version}}' github.com/gorilla/websocket)
 if ! GOBIN="$OUT" timeout 300 go install "github.com/gorilla/websocket/examples/chat@$WS_VERSION" 2>"$OUT/baseline-install.log"; then
@@ -74,7 +88,7 @@ wait_port() { # port
 start_server() {
 	stop_server
 	if [[ $1 == ours ]]; then
-		CHATBENCH_PORT=$OURS_PORT CHATBENCH_ADMIN_PORT=$OURS_ADMIN \
+		CHATBENCH_PORT=$OURS_PORT CHATBENCH_ADMIN_PORT=$OURS_ADMIN CHATBENCH_SEND_QUEUE=${SEND_QUEUE:-1024} \
 			"$OUT/caddy" run --config bench/Caddyfile --adapter caddyfile >>"$OUT/caddy.log" 2>&1 &
 		SERVER_PID=$!
 		URL=ws://127.0.0.1:$OURS_PORT/ws
@@ -103,12 +117,14 @@ run() {
 	stop_server
 }
 
-for i in $(seq "$RUNS"); do
+want() { [[ $SCENARIOS == *" $1 "* ]]; }
+
+want S1 && for i in $(seq "$RUNS"); do
 	for label in ours baseline; do
 		run S1 "$label" load -clients 1000 -senders 10 -rate 20 -payload 64 -duration "${S1_SECONDS}s"
 	done
 done
-for i in $(seq "$RUNS"); do
+want S2 && for i in $(seq "$RUNS"); do
 	for label in ours baseline; do
 		if [[ ${PROFILE:-} == 1 && $i == 1 && $label == ours ]]; then
 			(sleep 8 && curl -s -o "$OUT/ours-s2.cpu.pb.gz" \
@@ -117,11 +133,21 @@ for i in $(seq "$RUNS"); do
 		run S2 "$label" load -clients 200 -senders 4 -window 16 -payload 64 -duration "${S2_SECONDS}s"
 	done
 done
-for i in $(seq "$RUNS"); do
+# S3: everyone in one room, the lobby, as a site's users would be.
+want S3 && for i in $(seq "$RUNS"); do
 	for label in ours baseline; do
-		# Ours: rooms of 100, so that the measurement is the connections
-		# and not 10,000 join frames to each of 10,000 members.
-		run S3 "$label" idle -clients "$S3_CLIENTS" -room-size 100 -hold "${S3_SECONDS}s" -dial-parallel 64
+		run S3 "$label" idle -clients "$S3_CLIENTS" -hold "${S3_SECONDS}s" -dial-parallel 64
+	done
+done
+want S3r && for i in $(seq "$RUNS"); do
+	for label in ours baseline; do
+		run S3r "$label" idle -clients "$S3_CLIENTS" -room-size 100 -hold "${S3_SECONDS}s" -dial-parallel 64
+	done
+done
+# S4 with the default send_queue (256): what a reader meets on a real site.
+want S4 && for i in $(seq "$RUNS"); do
+	for label in ours baseline; do
+		SEND_QUEUE=256 run S4 "$label" storm -churn "$S4_CHURN" -duration "${S4_SECONDS}s" -rate 20
 	done
 done
 

@@ -350,6 +350,45 @@ test('the presence list updates on join and leave', { timeout: TEST_TIMEOUT }, a
   }
 });
 
+// The server runs with presence_limit 3 (browser_test.go): a fourth member
+// makes a room big.
+test('a big room shows its size and some members, and full presence again when it shrinks', { timeout: TEST_TIMEOUT }, async () => {
+  const room = uniqueRoom('big');
+  const a = await openChat(room);
+  const b = await openChat(room);
+  const c = await openChat(room);
+  try {
+    let online = await awaitOnline(a.page, [a.id, b.id, c.id]);
+    assert.equal(online.count, '3');
+    assert.equal(await a.page.locator('#online-note').textContent(), '', 'a small room has no size note');
+
+    const d = await openChat(room);
+    try {
+      // The newcomer is told the size and shown at most presence_limit
+      // members besides itself.
+      await d.page.waitForFunction(() => document.getElementById('online-count').textContent === '4', null, { timeout: WAIT });
+      assert.match(await d.page.locator('#online-note').textContent(), /^4 online; showing [1-4]$/);
+      const listed = await d.page.locator('#online-list li').count();
+      assert.ok(listed >= 1 && listed <= 4, `the newcomer lists ${listed} members`);
+      // The others get the count, not a join.
+      await a.page.waitForFunction(() => document.getElementById('online-note').textContent.startsWith('4 online'), null, { timeout: WAIT });
+      assert.equal(await a.page.locator('#online-count').textContent(), '4');
+      const notices = await a.page.locator('#log li.notice').allTextContents();
+      assert.ok(!notices.some((n) => n.includes(`#${d.id} joined`)), 'no join notice in a big room');
+      assertNoProblems(d);
+    } finally {
+      await d.context.close();
+    }
+    // Back within the limit: a fresh list, and the note goes.
+    await a.page.waitForFunction(() => document.getElementById('online-note').textContent === '', null, { timeout: WAIT });
+    online = await awaitOnline(a.page, [a.id, b.id, c.id]);
+    assert.equal(online.count, '3');
+    assertNoProblems(a, b, c);
+  } finally {
+    for (const x of [a, b, c]) await x.context.close();
+  }
+});
+
 test('HTML and script payloads show as literal text and run nothing', { timeout: TEST_TIMEOUT }, async () => {
   const room = uniqueRoom('xss');
   const a = await openChat(room);

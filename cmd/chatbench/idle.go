@@ -90,6 +90,7 @@ func runIdle(args []string) error {
 			res.RSSAfterMiB = float64(after.RSSBytes) / mib
 			res.ServerPeakMiB = float64(after.HWMBytes) / mib
 			res.KiBPerConn = float64(after.RSSBytes-before.RSSBytes) / 1024 / float64(*n)
+			res.ServerCPUSeconds = after.CPUSeconds - before.CPUSeconds
 		}
 	}
 	res.Disconnects = int(dropped.Load())

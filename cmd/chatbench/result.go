@@ -9,7 +9,7 @@ import (
 
 // result is what one run measured; `chatbench table` reads it back.
 type result struct {
-	Mode     string `json:"mode"` // load or idle
+	Mode     string `json:"mode"` // load, idle or storm
 	Scenario string `json:"scenario,omitempty"`
 	Label    string `json:"label"`
 	Proto    string `json:"proto"`
@@ -50,6 +50,12 @@ type result struct {
 	RSSAfterMiB    float64 `json:"rss_after_mib,omitempty"`
 	KiBPerConn     float64 `json:"kib_per_conn,omitempty"`
 	ConnectSeconds float64 `json:"connect_seconds,omitempty"`
+
+	// storm: clients that joined and left, in how many waves, and why the
+	// reader was closed, if it was (Disconnects is then 1).
+	Joins       int64  `json:"joins,omitempty"`
+	Waves       int64  `json:"waves,omitempty"`
+	CloseReason string `json:"close_reason,omitempty"`
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
@@ -117,7 +123,18 @@ func (res *result) print() {
 		if res.RSSAfterMiB > 0 {
 			fmt.Printf("  server RSS %.1f -> %.1f MiB (peak %.1f): %.2f KiB per connection\n",
 				res.RSSBeforeMiB, res.RSSAfterMiB, res.ServerPeakMiB, res.KiBPerConn)
+			fmt.Printf("  server CPU %.2fs to fill and hold\n", res.ServerCPUSeconds)
 		}
+	case "storm":
+		fmt.Printf("%s %s: %d clients joined and left in %d waves over %.1fs while a reader and a sender chatted\n",
+			res.Scenario, res.Label, res.Joins, res.Waves, res.SendSeconds)
+		fmt.Printf("  sent %d, reader got %d, lost %d, gaps %d; latency p50 %.2f ms, p99 %.2f ms, max %.2f ms\n",
+			res.Sent, res.Delivered, res.Lost, res.Gaps, res.P50ms, res.P99ms, res.MaxMs)
+		fmt.Printf("  reader evicted: %d %s", res.Disconnects, res.CloseReason)
+		if res.ServerRSSMiB > 0 {
+			fmt.Printf("; server CPU %.1fs, RSS %.1f MiB, peak %.1f MiB", res.ServerCPUSeconds, res.ServerRSSMiB, res.ServerPeakMiB)
+		}
+		fmt.Println()
 	}
 	if res.ProcError != "" {
 		fmt.Println("  server stats:", res.ProcError)

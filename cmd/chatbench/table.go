@@ -42,8 +42,11 @@ func runTable(files []string) error {
 	for _, s := range scenarios {
 		ours, base := runs[s]["ours"], runs[s]["baseline"]
 		rows := loadRows
-		if len(ours) > 0 && ours[0].Mode == "idle" || len(base) > 0 && base[0].Mode == "idle" {
+		switch mode := modeOf(ours, base); mode {
+		case "idle":
 			rows = idleRows
+		case "storm":
+			rows = stormRows
 		}
 		for _, row := range rows {
 			o, b := median(ours, row.get), median(base, row.get)
@@ -85,10 +88,30 @@ var loadRows = []row{
 	}},
 }
 
+// modeOf is the mode of a scenario's runs.
+func modeOf(ours, base []*result) string {
+	if len(ours) > 0 {
+		return ours[0].Mode
+	}
+	if len(base) > 0 {
+		return base[0].Mode
+	}
+	return ""
+}
+
 var idleRows = []row{
 	{"KiB per idle connection", func(r *result) float64 { return r.KiBPerConn }},
+	{"server CPU to fill and hold (s)", func(r *result) float64 { return r.ServerCPUSeconds }},
 	{"server RSS held (MiB)", func(r *result) float64 { return r.RSSAfterMiB }},
 	{"dropped", func(r *result) float64 { return float64(r.Disconnects) }},
+}
+
+var stormRows = []row{
+	{"reader evictions", func(r *result) float64 { return float64(r.Disconnects) }},
+	{"reader lost messages", func(r *result) float64 { return float64(r.Lost) }},
+	{"joins and leaves", func(r *result) float64 { return float64(r.Joins) }},
+	{"reader latency p99 (ms)", func(r *result) float64 { return r.P99ms }},
+	{"server CPU (s)", func(r *result) float64 { return r.ServerCPUSeconds }},
 }
 
 func median(rs []*result, get func(*result) float64) float64 {

@@ -41,6 +41,7 @@
     people: el('people'),
     count: el('online-count'),
     list: el('online-list'),
+    bigNote: el('online-note'),
     log: el('log'),
     sendForm: el('send-form'),
     msgInput: el('msg-input'),
@@ -64,6 +65,10 @@
   // Ids whose name the server vouches for (the `user` setting): shown with
   // a check mark, apart from names people chose for themselves.
   const verified = new Set();
+  // A room bigger than the server's presence_limit sends its size instead
+  // of join and leave events, and lists only some members: roomSize is
+  // that size, or 0 while the room gets full presence.
+  let roomSize = 0;
   // Keys of the chat messages already shown, so that the history a server
   // replays after a reconnect is not shown twice.
   const seen = new Set();
@@ -242,6 +247,7 @@
     }
     members.clear();
     if (myId) members.set(myId, myNick);
+    roomSize = 0;
     renderPeople();
     ui.people.classList.remove('stale');
     ui.sendButton.disabled = false;
@@ -261,6 +267,9 @@
       onOnline(frame);
     } else if (frame.event === 'resumed') {
       onResumed(frame);
+    } else if (frame.event === 'count') {
+      roomSize = parseCount(frame.count);
+      renderPeople();
     } else if (frame.event === 'join' || frame.event === 'leave' || frame.event === 'nick') {
       replaying = false;
       resuming = false;
@@ -273,6 +282,7 @@
 
   function onOnline(frame) {
     if (!Array.isArray(frame.online)) return;
+    roomSize = parseCount(frame.count);
     members.clear();
     if (myId) members.set(myId, myNick);
     for (const id of [...verified]) if (id !== myId) verified.delete(id);
@@ -284,6 +294,13 @@
       if (user) verified.add(id);
     }
     renderPeople();
+  }
+
+  // parseCount reads a room size the server sent as a decimal string;
+  // anything else (absent, malformed, absurd) is 0: full presence.
+  function parseCount(v) {
+    const s = text(v);
+    return /^[0-9]{1,9}$/.test(s) ? Number(s) : 0;
   }
 
   function onPresence(frame) {
@@ -508,7 +525,17 @@
       items.push(li);
     }
     ui.list.replaceChildren(...items);
-    ui.count.textContent = String(members.size);
+    if (roomSize > 0) {
+      // A big room: its size, and the few members the server listed.
+      const size = roomSize.toLocaleString('en-US');
+      ui.count.textContent = size;
+      ui.bigNote.textContent = `${size} online; showing ${members.size.toLocaleString('en-US')}`;
+      ui.people.dataset.big = 'true';
+    } else {
+      ui.count.textContent = String(members.size);
+      ui.bigNote.textContent = '';
+      delete ui.people.dataset.big;
+    }
   }
 
   // verifiedMark marks a name the server vouches for (the `user` setting),

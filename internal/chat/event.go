@@ -81,3 +81,17 @@ func ValidRoom(name string) bool {
 	}
 	return true
 }
+
+// IDLess orders member ids as the online list shows them: decimal ids
+// numerically, anything else after them.
+func IDLess(a, b string) bool {
+	an, aerr := strconv.ParseUint(a, 10, 64)
+	bn, berr := strconv.ParseUint(b, 10, 64)
+	if aerr == nil && berr == nil {
+		return an < bn
+	}
+	if len(a) != len(b) {
+		return len(a) < len(b)
+	}
+	return a < b
+}

@@ -333,19 +333,6 @@ func MembersChanged(prev, next map[string]chat.Member) []*chat.Event {
 			out = append(out, chat.NewPresence(chat.KindNick, m))
 		}
 	}
-	sort.SliceStable(out, func(i, j int) bool { return IDLess(out[i].ID, out[j].ID) })
+	sort.SliceStable(out, func(i, j int) bool { return chat.IDLess(out[i].ID, out[j].ID) })
 	return out
-}
-
-// IDLess orders decimal ids numerically, and anything else after them.
-func IDLess(a, b string) bool {
-	an, aerr := strconv.ParseUint(a, 10, 64)
-	bn, berr := strconv.ParseUint(b, 10, 64)
-	if aerr == nil && berr == nil {
-		return an < bn
-	}
-	if len(a) != len(b) {
-		return len(a) < len(b)
-	}
-	return a < b
 }

@@ -168,7 +168,7 @@ func (r *Backend) encodeChunksLocked(gen uint64) [][]byte {
 		for _, m := range members {
 			wr.M = append(wr.M, m)
 		}
-		sort.Slice(wr.M, func(i, j int) bool { return cluster.IDLess(wr.M[i].ID, wr.M[j].ID) })
+		sort.Slice(wr.M, func(i, j int) bool { return chat.IDLess(wr.M[i].ID, wr.M[j].ID) })
 		if len(wr.M) > listCap {
 			wr.M = wr.M[:listCap]
 		}
