@@ -255,6 +255,11 @@ type partState struct {
 	old     uint64               // entries up to this one predate this instance: presence only
 	done    map[uint64]bool      // numbers at or above next already handled
 	missing map[uint64]time.Time // numbers found missing, since when
+	// trusted is the counter when this instance last (re)started reading
+	// the partition: a number above it was reserved while the instance
+	// followed the partition, so an entry of it given up is a lost event;
+	// one at or below it may never have been written (a seeded counter).
+	trusted uint64
 }
 
 // poller follows the partitions.
@@ -440,29 +445,31 @@ func (p *poller) wanted(i int, cur uint64) []uint64 {
 		// latest entries before it hold the presence changes since the
 		// other instances' last snapshots: they are read once, for
 		// presence only.
-		p.reset(st, cur+1-min(cur, startWindow))
+		p.reset(st, cur+1-min(cur, startWindow), cur)
 		st.old = cur
 	case st.next == 0 || st.gone:
 		// The counter was missing and is back (first use, or
 		// memcached restarted): its latest entries are news, from a
 		// seed the reader cannot know, so it takes a bounded window.
+		if st.next != 0 {
+			r.markGaps(i) // it was there before: what it held is lost
+		}
 		st.gone = false
-		r.markGaps(i)
-		p.reset(st, cur+1-min(cur, jumpWindow))
+		p.reset(st, cur+1-min(cur, jumpWindow), cur)
 	case cur+1 < st.next:
 		// The counter went back: it was lost and re-seeded by a
 		// clock behind ours, or forged. Follow it from here.
 		r.metrics.skipped(1)
 		r.logger.Warn("relay partition counter went back: following it from there", zap.Int("partition", i), zap.Uint64("was", st.next-1), zap.Uint64("now", cur))
 		r.markGaps(i)
-		p.reset(st, cur+1-min(cur, jumpWindow))
+		p.reset(st, cur+1-min(cur, jumpWindow), cur)
 	case cur >= st.next && cur-st.next >= maxBacklog:
 		// Further ahead than the log is meant to be read: a re-seeded
 		// counter, or a forged value.
 		r.metrics.skipped(1)
 		r.logger.Warn("relay partition counter jumped: skipping to its latest entries", zap.Int("partition", i), zap.Uint64("from", st.next), zap.Uint64("to", cur))
 		r.markGaps(i)
-		p.reset(st, cur+1-jumpWindow)
+		p.reset(st, cur+1-jumpWindow, cur)
 	}
 	var want []uint64
 	for n := st.next; n <= cur && n-st.next < maxPerPoll; n++ {
@@ -473,9 +480,11 @@ func (p *poller) wanted(i int, cur uint64) []uint64 {
 	return want
 }
 
-// reset makes next the lowest number to read, forgetting what lay below.
-func (p *poller) reset(st *partState, next uint64) {
+// reset makes next the lowest number to read, forgetting what lay below;
+// cur is the counter as read now.
+func (p *poller) reset(st *partState, next, cur uint64) {
 	st.next = next
+	st.trusted = cur
 	st.old = 0
 	clear(st.done)
 	clear(st.missing)
@@ -492,7 +501,9 @@ func (p *poller) noteMissing(part int, st *partState, n uint64, now time.Time) {
 		delete(st.missing, n)
 		st.done[n] = true
 		p.r.metrics.skipped(1)
-		p.r.markGaps(part)
+		if n > st.trusted {
+			p.r.markGaps(part)
+		}
 	}
 }
 
