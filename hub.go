@@ -247,15 +247,6 @@ func (h *hub) DeliverWith(name string, update func() []*chat.Event) {
 	}
 }
 
-// localMembers lists r's members on this instance. The caller holds r.mu.
-func (r *room) localMembers() []chat.Member {
-	out := make([]chat.Member, len(r.members))
-	for i, c := range r.members {
-		out[i] = c.member
-	}
-	return out
-}
-
 // broadcast queues one frame for every member but except. The frame is
 // prepared once, so every member shares the same bytes on the wire. The
 // caller holds r.mu.
