@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"testing"
 	"time"
+
+	"github.com/caddy-chatroom/chatroom/internal/testenv"
 )
 
 // seqOf returns a chat frame's seq, failing the test when it is not a
@@ -247,7 +249,7 @@ func TestResumeAfterWindow(t *testing.T) {
 // resumes on the other, which gets the messages it missed from members of
 // either instance.
 func TestClusterResumeOnOtherInstance(t *testing.T) {
-	mc := startMemcached(t)
+	mc := testenv.StartMemcached(t)
 	p1 := startCaddyCluster(t, "", mc.Addr)
 	p2 := startCaddyCluster(t, "", mc.Addr)
 
@@ -296,7 +298,7 @@ func TestClusterResumeOnOtherInstance(t *testing.T) {
 // memcached was away never reached the other, so a resume there from before
 // the outage is told it may be incomplete, rather than claiming all.
 func TestClusterResumeAfterMemcachedRestart(t *testing.T) {
-	mc := startMemcached(t)
+	mc := testenv.StartMemcached(t)
 	p1 := startCaddyCluster(t, "", mc.Addr)
 	p2 := startCaddyCluster(t, "", mc.Addr)
 	y := dial(t, p1.url("ws", "/ws"), nil)
@@ -311,9 +313,9 @@ func TestClusterResumeAfterMemcachedRestart(t *testing.T) {
 	_ = x.conn.Close()
 	y.await("leave of x", isEvent("leave", xid))
 
-	mc.stop()
+	mc.Stop()
 	z.send(map[string]any{"msg": "said while memcached was away"})
-	mc.start()
+	mc.Start()
 	crossesWithin(t, z, zid, y, "after restart")
 
 	x2 := dial(t, fmt.Sprintf("%s?since=%d", p1.url("ws", "/ws"), s0), nil)
