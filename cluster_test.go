@@ -49,6 +49,14 @@ func nodeKeys(keys []string, prefix string) []string {
 	return out
 }
 
+// startTwoInstances starts a memcached and two Caddy instances sharing
+// it, with extra in their chatroom blocks.
+func startTwoInstances(t *testing.T, extra string) (*testenv.TestMemcached, *caddyProc, *caddyProc) {
+	t.Helper()
+	mc := testenv.StartMemcached(t)
+	return mc, startCaddyCluster(t, extra, mc.Addr), startCaddyCluster(t, extra, mc.Addr)
+}
+
 // crossesWithin sends probes from one client until another receives one:
 // the relay coming back has no event of its own to await.
 func crossesWithin(t *testing.T, from *wsClient, fromID string, to *wsClient, what string) time.Duration {
@@ -74,9 +82,7 @@ func crossesWithin(t *testing.T, from *wsClient, fromID string, to *wsClient, wh
 }
 
 func TestClusterChatPresenceHistory(t *testing.T) {
-	mc := testenv.StartMemcached(t)
-	p1 := startCaddyCluster(t, "history 5", mc.Addr)
-	p2 := startCaddyCluster(t, "history 5", mc.Addr)
+	mc, p1, p2 := startTwoInstances(t, "history 5")
 
 	a := dial(t, p1.url("ws", "/ws"), nil)
 	aid, _ := a.login()
@@ -173,10 +179,8 @@ func TestClusterStopInstanceRemovesItsKeys(t *testing.T) {
 	mc.Set("outside:key", "not ours", 0)
 	p1 := startCaddyCluster(t, "", mc.Addr)
 	p2 := startCaddyCluster(t, "", mc.Addr)
-	a := dial(t, p1.url("ws", "/ws"), nil)
-	aid, _ := a.login()
-	b := dial(t, p2.url("ws", "/ws"), nil)
-	bid, _ := b.login()
+	a, aid := connect(t, p1.url("ws", "/ws"))
+	b, bid := connect(t, p2.url("ws", "/ws"))
 	a.await("join of "+bid, isEvent("join", bid))
 	testenv.AwaitCondition(t, "both snapshots in memcached", func() bool { return len(nodeKeys(mc.Keys(), "chatroom:")) == 2 })
 	before := nodeKeys(mc.Keys(), "chatroom:")
@@ -212,13 +216,9 @@ func TestClusterStopInstanceRemovesItsKeys(t *testing.T) {
 }
 
 func TestClusterKilledInstanceLeavesPresence(t *testing.T) {
-	mc := testenv.StartMemcached(t)
-	p1 := startCaddyCluster(t, "ttl 2s", mc.Addr)
-	p2 := startCaddyCluster(t, "ttl 2s", mc.Addr)
-	a := dial(t, p1.url("ws", "/ws"), nil)
-	a.login()
-	b := dial(t, p2.url("ws", "/ws"), nil)
-	bid, _ := b.login()
+	mc, p1, p2 := startTwoInstances(t, "ttl 2s")
+	a, _ := connect(t, p1.url("ws", "/ws"))
+	_, bid := connect(t, p2.url("ws", "/ws"))
 	a.await("join of "+bid, isEvent("join", bid))
 	testenv.AwaitCondition(t, "both snapshots in memcached", func() bool { return len(nodeKeys(mc.Keys(), "chatroom:")) == 2 })
 
@@ -234,9 +234,7 @@ func TestClusterKilledInstanceLeavesPresence(t *testing.T) {
 }
 
 func TestClusterMemcachedRestartMidChat(t *testing.T) {
-	mc := testenv.StartMemcached(t)
-	p1 := startCaddyCluster(t, "ttl 3s", mc.Addr)
-	p2 := startCaddyCluster(t, "ttl 3s", mc.Addr)
+	mc, p1, p2 := startTwoInstances(t, "ttl 3s")
 	ids := make(map[string]bool)
 	login := func(p *caddyProc) (*wsClient, string) {
 		c := dial(t, p.url("ws", "/ws"), nil)
@@ -278,10 +276,8 @@ func TestClusterMemcachedDownAtStart(t *testing.T) {
 	mc.Stop()
 	p1 := startCaddyCluster(t, "ttl 3s", mc.Addr)
 	p2 := startCaddyCluster(t, "ttl 3s", mc.Addr)
-	a := dial(t, p1.url("ws", "/ws"), nil)
-	aid, _ := a.login()
-	a2 := dial(t, p1.url("ws", "/ws"), nil)
-	a2.login()
+	a, aid := connect(t, p1.url("ws", "/ws"))
+	a2, _ := connect(t, p1.url("ws", "/ws"))
 	a.send(map[string]any{"msg": "local while down"})
 	a2.await("local chat", isChat(aid, "local while down"))
 	b := dial(t, p2.url("ws", "/ws"), nil)
