@@ -84,8 +84,7 @@ func crossesWithin(t *testing.T, from *wsClient, fromID string, to *wsClient, wh
 func TestClusterChatPresenceHistory(t *testing.T) {
 	mc, p1, p2 := startTwoInstances(t, "history 5")
 
-	a := dial(t, p1.url("ws", "/ws"), nil)
-	aid, _ := a.login()
+	a, aid := connect(t, p1.url("ws", "/ws"))
 	a.send(map[string]any{"nick": "alice"})
 	for i := 0; i < 3; i++ {
 		a.send(map[string]any{"msg": fmt.Sprintf("before %d", i)})
@@ -280,8 +279,7 @@ func TestClusterMemcachedDownAtStart(t *testing.T) {
 	a2, _ := connect(t, p1.url("ws", "/ws"))
 	a.send(map[string]any{"msg": "local while down"})
 	a2.await("local chat", isChat(aid, "local while down"))
-	b := dial(t, p2.url("ws", "/ws"), nil)
-	bid, _ := b.login()
+	b, bid := connect(t, p2.url("ws", "/ws"))
 	if aid == bid {
 		t.Fatalf("both instances handed out id %s while memcached was down", aid)
 	}
