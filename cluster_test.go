@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/caddy-chatroom/chatroom/internal/testenv"
 )
 
 // Cluster tests: two real Caddy processes sharing one real memcached.
@@ -47,6 +49,14 @@ func nodeKeys(keys []string, prefix string) []string {
 	return out
 }
 
+// startTwoInstances starts a memcached and two Caddy instances sharing
+// it, with extra in their chatroom blocks.
+func startTwoInstances(t *testing.T, extra string) (*testenv.TestMemcached, *caddyProc, *caddyProc) {
+	t.Helper()
+	mc := testenv.StartMemcached(t)
+	return mc, startCaddyCluster(t, extra, mc.Addr), startCaddyCluster(t, extra, mc.Addr)
+}
+
 // crossesWithin sends probes from one client until another receives one:
 // the relay coming back has no event of its own to await.
 func crossesWithin(t *testing.T, from *wsClient, fromID string, to *wsClient, what string) time.Duration {
@@ -72,12 +82,9 @@ func crossesWithin(t *testing.T, from *wsClient, fromID string, to *wsClient, wh
 }
 
 func TestClusterChatPresenceHistory(t *testing.T) {
-	mc := startMemcached(t)
-	p1 := startCaddyCluster(t, "history 5", mc.Addr)
-	p2 := startCaddyCluster(t, "history 5", mc.Addr)
+	mc, p1, p2 := startTwoInstances(t, "history 5")
 
-	a := dial(t, p1.url("ws", "/ws"), nil)
-	aid, _ := a.login()
+	a, aid := connect(t, p1.url("ws", "/ws"))
 	a.send(map[string]any{"nick": "alice"})
 	for i := 0; i < 3; i++ {
 		a.send(map[string]any{"msg": fmt.Sprintf("before %d", i)})
@@ -85,9 +92,9 @@ func TestClusterChatPresenceHistory(t *testing.T) {
 
 	// Relaying takes a moment: wait until memcached holds a's join, nick
 	// and messages, as a joiner arriving a little later would find them.
-	awaitCondition(t, "a's events in memcached", func() bool {
+	testenv.AwaitCondition(t, "a's events in memcached", func() bool {
 		n := 0
-		for _, k := range mc.keys() {
+		for _, k := range mc.Keys() {
 			if f := strings.Split(k, ":"); len(f) == 4 && f[1] == "log" {
 				n++ // a relay log entry: chatroom:log:<partition>:<n>
 			}
@@ -167,17 +174,15 @@ func TestClusterChatPresenceHistory(t *testing.T) {
 }
 
 func TestClusterStopInstanceRemovesItsKeys(t *testing.T) {
-	mc := startMemcached(t)
-	mc.set("outside:key", "not ours", 0)
+	mc := testenv.StartMemcached(t)
+	mc.Set("outside:key", "not ours", 0)
 	p1 := startCaddyCluster(t, "", mc.Addr)
 	p2 := startCaddyCluster(t, "", mc.Addr)
-	a := dial(t, p1.url("ws", "/ws"), nil)
-	aid, _ := a.login()
-	b := dial(t, p2.url("ws", "/ws"), nil)
-	bid, _ := b.login()
+	a, aid := connect(t, p1.url("ws", "/ws"))
+	b, bid := connect(t, p2.url("ws", "/ws"))
 	a.await("join of "+bid, isEvent("join", bid))
-	awaitCondition(t, "both snapshots in memcached", func() bool { return len(nodeKeys(mc.keys(), "chatroom:")) == 2 })
-	before := nodeKeys(mc.keys(), "chatroom:")
+	testenv.AwaitCondition(t, "both snapshots in memcached", func() bool { return len(nodeKeys(mc.Keys(), "chatroom:")) == 2 })
+	before := nodeKeys(mc.Keys(), "chatroom:")
 
 	p2.stop()
 	if code := b.awaitClose(); code != 1001 {
@@ -185,15 +190,15 @@ func TestClusterStopInstanceRemovesItsKeys(t *testing.T) {
 	}
 	a.await("leave of "+bid, isEvent("leave", bid))
 
-	keys := mc.keys()
+	keys := mc.Keys()
 	after := nodeKeys(keys, "chatroom:")
 	if len(after) != 1 || !containsAll(before, after...) {
 		t.Fatalf("snapshot keys after stop = %q, want one of %q", after, before)
 	}
-	if idx := mc.get("chatroom:nodes"); len(strings.Fields(idx)) != 1 || !strings.HasSuffix(after[0], idx) {
+	if idx := mc.Get("chatroom:nodes"); len(strings.Fields(idx)) != 1 || !strings.HasSuffix(after[0], idx) {
 		t.Errorf("index after stop = %q, want only the running instance (%s)", idx, after[0])
 	}
-	if !mc.has("outside:key") {
+	if !mc.Has("outside:key") {
 		t.Error("a key outside the prefix was removed")
 	}
 	for _, k := range keys {
@@ -210,15 +215,11 @@ func TestClusterStopInstanceRemovesItsKeys(t *testing.T) {
 }
 
 func TestClusterKilledInstanceLeavesPresence(t *testing.T) {
-	mc := startMemcached(t)
-	p1 := startCaddyCluster(t, "ttl 2s", mc.Addr)
-	p2 := startCaddyCluster(t, "ttl 2s", mc.Addr)
-	a := dial(t, p1.url("ws", "/ws"), nil)
-	a.login()
-	b := dial(t, p2.url("ws", "/ws"), nil)
-	bid, _ := b.login()
+	mc, p1, p2 := startTwoInstances(t, "ttl 2s")
+	a, _ := connect(t, p1.url("ws", "/ws"))
+	_, bid := connect(t, p2.url("ws", "/ws"))
 	a.await("join of "+bid, isEvent("join", bid))
-	awaitCondition(t, "both snapshots in memcached", func() bool { return len(nodeKeys(mc.keys(), "chatroom:")) == 2 })
+	testenv.AwaitCondition(t, "both snapshots in memcached", func() bool { return len(nodeKeys(mc.Keys(), "chatroom:")) == 2 })
 
 	p2.kill()
 	start := time.Now()
@@ -228,13 +229,11 @@ func TestClusterKilledInstanceLeavesPresence(t *testing.T) {
 	// about 4.6s. Measured, not asserted: the bounded await above fails
 	// only if it never happens.
 	t.Logf("killed instance's member left after %v", time.Since(start).Round(time.Millisecond))
-	awaitCondition(t, "the killed instance's snapshot expired", func() bool { return len(nodeKeys(mc.keys(), "chatroom:")) == 1 })
+	testenv.AwaitCondition(t, "the killed instance's snapshot expired", func() bool { return len(nodeKeys(mc.Keys(), "chatroom:")) == 1 })
 }
 
 func TestClusterMemcachedRestartMidChat(t *testing.T) {
-	mc := startMemcached(t)
-	p1 := startCaddyCluster(t, "ttl 3s", mc.Addr)
-	p2 := startCaddyCluster(t, "ttl 3s", mc.Addr)
+	mc, p1, p2 := startTwoInstances(t, "ttl 3s")
 	ids := make(map[string]bool)
 	login := func(p *caddyProc) (*wsClient, string) {
 		c := dial(t, p.url("ws", "/ws"), nil)
@@ -251,7 +250,7 @@ func TestClusterMemcachedRestartMidChat(t *testing.T) {
 	b2, _ := login(p2)
 	crossesWithin(t, a1, a1id, b1, "before")
 
-	mc.stop()
+	mc.Stop()
 	// Local chat goes on on each instance.
 	a1.send(map[string]any{"msg": "local on p1"})
 	a2.await("local chat on p1", isChat(a1id, "local on p1"))
@@ -261,7 +260,7 @@ func TestClusterMemcachedRestartMidChat(t *testing.T) {
 	login(p1)
 	login(p2)
 
-	mc.start()
+	mc.Start()
 	took := crossesWithin(t, a1, a1id, b1, "after restart p1→p2")
 	t.Logf("relay p1→p2 back %v after memcached restarted", took.Round(time.Millisecond))
 	crossesWithin(t, b1, b1id, a1, "after restart p2→p1")
@@ -272,27 +271,24 @@ func TestClusterMemcachedRestartMidChat(t *testing.T) {
 }
 
 func TestClusterMemcachedDownAtStart(t *testing.T) {
-	mc := startMemcached(t)
-	mc.stop()
+	mc := testenv.StartMemcached(t)
+	mc.Stop()
 	p1 := startCaddyCluster(t, "ttl 3s", mc.Addr)
 	p2 := startCaddyCluster(t, "ttl 3s", mc.Addr)
-	a := dial(t, p1.url("ws", "/ws"), nil)
-	aid, _ := a.login()
-	a2 := dial(t, p1.url("ws", "/ws"), nil)
-	a2.login()
+	a, aid := connect(t, p1.url("ws", "/ws"))
+	a2, _ := connect(t, p1.url("ws", "/ws"))
 	a.send(map[string]any{"msg": "local while down"})
 	a2.await("local chat", isChat(aid, "local while down"))
-	b := dial(t, p2.url("ws", "/ws"), nil)
-	bid, _ := b.login()
+	b, bid := connect(t, p2.url("ws", "/ws"))
 	if aid == bid {
 		t.Fatalf("both instances handed out id %s while memcached was down", aid)
 	}
 
-	mc.start()
+	mc.Start()
 	crossesWithin(t, a, aid, b, "p1→p2 once memcached is up")
 	crossesWithin(t, b, bid, a, "p2→p1 once memcached is up")
 	// The cluster formed: a newcomer sees members of both instances.
-	awaitCondition(t, "online list spanning both instances", func() bool {
+	testenv.AwaitCondition(t, "online list spanning both instances", func() bool {
 		c := dial(t, p2.url("ws", "/ws"), nil)
 		defer c.conn.Close()
 		_, online := c.login()

@@ -287,6 +287,15 @@ func (c *wsClient) login() (id string, online frame) {
 	return welcome.str("id"), online
 }
 
+// connect dials url and reads the welcome and online frames: a member in
+// the room, with its id.
+func connect(t testing.TB, url string) (*wsClient, string) {
+	t.Helper()
+	c := dial(t, url, nil)
+	id, _ := c.login()
+	return c, id
+}
+
 // awaitClose waits for the server to close the connection and returns the
 // close code (or -1 when it closed without a close frame).
 func (c *wsClient) awaitClose() int {

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+
+	"github.com/caddy-chatroom/chatroom/internal/testenv"
 )
 
 // TestReloadKeepsConnections: `caddy reload` with an unchanged chatroom
@@ -201,8 +203,8 @@ func testShutdownWithMemcached(t *testing.T, stop func(*caddyProc)) {
 	if testing.Short() {
 		t.Skip("integration test: skipped with -short")
 	}
-	m := startMemcached(t)
-	m.set("other:unrelated", "must stay", 0)
+	m := testenv.StartMemcached(t)
+	m.Set("other:unrelated", "must stay", 0)
 
 	// The instance that stays runs first, so that its node key is known.
 	stays := startCaddyCluster(t, "", m.Addr)
@@ -221,17 +223,17 @@ func testShutdownWithMemcached(t *testing.T, stop func(*caddyProc)) {
 		}
 	}
 	goingID := strings.TrimPrefix(goingNode, DefaultPrefix+"node:")
-	if !strings.Contains(nodeIndex(t, m), goingID) {
-		t.Fatalf("the index of instances %q lacks the new instance %s", nodeIndex(t, m), goingID)
+	if !strings.Contains(nodeIndex(m), goingID) {
+		t.Fatalf("the index of instances %q lacks the new instance %s", nodeIndex(m), goingID)
 	}
-	before := m.keys()
+	before := m.Keys()
 
 	clients := append(rc.clients, other.clients...)
 	codes := closeCodes(clients)
 	stop(goes)
 	expectGoingAway(t, codes, len(clients))
 
-	after := m.keys()
+	after := m.Keys()
 	have := make(map[string]bool, len(after))
 	for _, k := range after {
 		have[k] = true
@@ -241,7 +243,7 @@ func testShutdownWithMemcached(t *testing.T, stop func(*caddyProc)) {
 			t.Errorf("the stopped instance's key %s is still there", k)
 		}
 	}
-	if idx := nodeIndex(t, m); strings.Contains(idx, goingID) {
+	if idx := nodeIndex(m); strings.Contains(idx, goingID) {
 		t.Errorf("the index of instances %q still lists the stopped instance %s", idx, goingID)
 	}
 	for _, k := range before {
@@ -281,11 +283,11 @@ func closeCodes(clients []*wsClient) <-chan int {
 // awaitNodeKeys polls memcached until it holds n presence snapshots of
 // instances, and returns their keys. An instance writes its snapshot in the
 // background once it has a member: there is no event to await.
-func awaitNodeKeys(t *testing.T, m *memcachedProc, n int) []string {
+func awaitNodeKeys(t *testing.T, m *testenv.TestMemcached, n int) []string {
 	t.Helper()
 	deadline := time.Now().Add(waitLong)
 	for {
-		nodes := nodeKeys(m.keys(), DefaultPrefix)
+		nodes := nodeKeys(m.Keys(), DefaultPrefix)
 		if len(nodes) == n {
 			return nodes
 		}
@@ -297,16 +299,8 @@ func awaitNodeKeys(t *testing.T, m *memcachedProc, n int) []string {
 }
 
 // nodeIndex returns the value of the index of instances, "" when missing.
-func nodeIndex(t *testing.T, m *memcachedProc) string {
-	t.Helper()
-	lines, err := m.command("get " + DefaultPrefix + "nodes")
-	if err != nil {
-		t.Fatalf("memcached get the index of instances: %v", err)
-	}
-	if len(lines) < 2 {
-		return ""
-	}
-	return lines[1]
+func nodeIndex(m *testenv.TestMemcached) string {
+	return m.Get(DefaultPrefix + "nodes")
 }
 
 // expectGoingAway waits for n close codes and checks each is 1001.

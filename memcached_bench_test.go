@@ -8,6 +8,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/caddy-chatroom/chatroom/internal/testenv"
 )
 
 // BenchmarkCluster measures a two-instance cluster on loopback: what an
@@ -33,16 +35,16 @@ func memcachedCommands(s map[string]uint64) uint64 {
 }
 
 // commandRate measures memcached commands per second over d.
-func commandRate(mc *memcachedProc, d time.Duration) float64 {
-	before := memcachedCommands(mc.stats())
+func commandRate(mc *testenv.TestMemcached, d time.Duration) float64 {
+	before := memcachedCommands(mc.Stats())
 	time.Sleep(d) // measuring a rate over a fixed window
-	after := memcachedCommands(mc.stats())
+	after := memcachedCommands(mc.Stats())
 	return float64(after-before) / d.Seconds()
 }
 
 func benchCluster(b *testing.B) {
 	const window = 5 * time.Second
-	mc := startMemcached(b)
+	mc := testenv.StartMemcached(b)
 	p1 := startCaddyCluster(b, "", mc.Addr)
 
 	// One instance, started (a client came and went), no members.
@@ -114,9 +116,9 @@ func benchCluster(b *testing.B) {
 		}()
 	}
 	time.Sleep(warmUp) // measuring a rate over a fixed window
-	before = memcachedCommands(mc.stats())
+	before = memcachedCommands(mc.Stats())
 	wg.Wait()
-	busy := float64(memcachedCommands(mc.stats())-before) / time.Since(steady).Seconds()
+	busy := float64(memcachedCommands(mc.Stats())-before) / time.Since(steady).Seconds()
 	<-done
 
 	mu.Lock()

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+
+	"github.com/caddy-chatroom/chatroom/internal/testenv"
 )
 
 // Series names of the module's metrics, as the admin /metrics endpoint
@@ -272,13 +274,13 @@ func TestMemcachedOutageCountedAndLogged(t *testing.T) {
 	if testing.Short() {
 		t.Skip("integration test: skipped with -short")
 	}
-	m := startMemcached(t)
+	m := testenv.StartMemcached(t)
 	p := startCaddyCluster(t, "rate_limit 1000 1s", m.Addr)
 	rc := joinRoom(t, p.url("ws", "/ws"), 2)
 	a, b := rc.clients[0], rc.clients[1]
 	errorsBefore := p.metric(seriesMcErrors)
 
-	m.stop()
+	m.Stop()
 	for i := range 30 {
 		a.send(map[string]any{"msg": fmt.Sprintf("during %d", i)})
 	}
@@ -288,7 +290,7 @@ func TestMemcachedOutageCountedAndLogged(t *testing.T) {
 	p.awaitMetric(seriesMcErrors, "more than before the outage", func(v float64) bool { return v > errorsBefore })
 	awaitLogLines(t, p, `"msg":"memcached unreachable`, 1)
 
-	m.start()
+	m.Start()
 	awaitLogLines(t, p, `"msg":"memcached reachable again`, 1)
 	b.send(map[string]any{"msg": "after"})
 	a.await("a message after memcached returned", isChat(rc.ids[1], "after"))

@@ -12,6 +12,8 @@ import (
 	"testing"
 
 	"github.com/gorilla/websocket"
+
+	"github.com/caddy-chatroom/chatroom/internal/testenv"
 )
 
 // TestBadNicksRefused: look-alike, invisible and overlong names are refused
@@ -201,7 +203,7 @@ func TestHandlersShareRoomsByRegistry(t *testing.T) {
 // the other handler, in a room its new clients never hear); the other
 // handler's clients stay and keep chatting.
 func TestReloadMovesChangedHandlersClients(t *testing.T) {
-	mc := startMemcached(t)
+	mc := testenv.StartMemcached(t)
 	body := func(stay, moved string) string {
 		return fmt.Sprintf("\tchatroom /stay {\n%s\n\t}\n\tchatroom /move {\n%s\n\t}\n\troot * {{root}}\n\tfile_server", stay, moved)
 	}

@@ -70,6 +70,44 @@ func checkMissed(t *testing.T, chats []frame, from string, since uint64, want ..
 	}
 }
 
+// say has from send msg and returns its seq as to receives it.
+func say(t *testing.T, from *wsClient, fromID string, to *wsClient, msg string) uint64 {
+	t.Helper()
+	from.send(map[string]any{"msg": msg})
+	return seqOf(t, to.await(msg, isChat(fromID, msg)))
+}
+
+// drop closes c's connection and waits until watcher sees c leave.
+func drop(c *wsClient, id string, watcher *wsClient) {
+	watcher.t.Helper()
+	_ = c.conn.Close()
+	watcher.await("leave of "+id, isEvent("leave", id))
+}
+
+// missedFromM0 sets the scene of a resume in the room at url: y and an
+// observer stay, x gets y's m0 and drops. It returns y with its id, the
+// observer, and m0's seq as x got it: the since that x resumes from.
+func missedFromM0(t *testing.T, url string) (y *wsClient, yid string, obs *wsClient, s0 uint64) {
+	t.Helper()
+	y, yid = connect(t, url)
+	obs, _ = connect(t, url)
+	x, xid := connect(t, url)
+	y.await("join of x", isEvent("join", xid))
+	s0 = say(t, y, yid, x, "m0")
+	drop(x, xid, y)
+	return y, yid, obs, s0
+}
+
+// resumeAt connects to url, which carries since, and returns the client,
+// the chat frames it replayed and its resumed frame.
+func resumeAt(t *testing.T, url string) (*wsClient, []frame, frame) {
+	t.Helper()
+	c := dial(t, url, nil)
+	c.login()
+	chats, resumed := c.replay(t)
+	return c, chats, resumed
+}
+
 // TestResumeAfterDisconnect: a client drops, another member sends five
 // messages, and the client resumes with the seq of the last message it got:
 // exactly those five, oldest first, then resumed (5, complete), in place of
@@ -77,30 +115,17 @@ func checkMissed(t *testing.T, chats []frame, from string, since uint64, want ..
 func TestResumeAfterDisconnect(t *testing.T) {
 	p := startCaddy(t, chatSite("\t\thistory 2\n\t\troom {query.room}"))
 	url := p.url("ws", "/ws?room=resume")
-	y := dial(t, url, nil)
-	yid, _ := y.login()
-	obs := dial(t, url, nil)
-	obs.login()
-	x := dial(t, url, nil)
-	xid, _ := x.login()
-	y.await("join of x", isEvent("join", xid))
-
-	y.send(map[string]any{"msg": "m0"})
-	s0 := seqOf(t, x.await("m0", isChat(yid, "m0")))
+	y, yid, obs, s0 := missedFromM0(t, url)
 	if f := obs.await("m0", isChat(yid, "m0")); seqOf(t, f) != s0 {
 		t.Fatalf("members got m0 with seqs %d and %s: want one seq per message", s0, f.str("seq"))
 	}
-	_ = x.conn.Close()
-	y.await("leave of x", isEvent("leave", xid))
 	want := []string{"m1", "m2", "m3", "m4", "m5"}
 	for _, m := range want {
 		y.send(map[string]any{"msg": m})
 	}
 	obs.await("m5", isChat(yid, "m5")) // the server has handled all five
 
-	x2 := dial(t, fmt.Sprintf("%s&since=%d", url, s0), nil)
-	x2.login()
-	chats, resumed := x2.replay(t)
+	x2, chats, resumed := resumeAt(t, fmt.Sprintf("%s&since=%d", url, s0))
 	checkMissed(t, chats, yid, s0, want...)
 	checkResumed(t, resumed, 5, true)
 
@@ -111,9 +136,7 @@ func TestResumeAfterDisconnect(t *testing.T) {
 	}
 
 	// Resuming from the newest seq: nothing missed, complete.
-	x3 := dial(t, fmt.Sprintf("%s&since=%s", url, chats[4].str("seq")), nil)
-	x3.login()
-	chats, resumed = x3.replay(t)
+	_, chats, resumed = resumeAt(t, fmt.Sprintf("%s&since=%s", url, chats[4].str("seq")))
 	if len(chats) != 1 || chats[0].str("msg") != "live" {
 		t.Fatalf("resume from m5 replayed %v, want only the live message", chats)
 	}
@@ -126,17 +149,12 @@ func TestResumeAfterDisconnect(t *testing.T) {
 func TestResumeOwnMessagesUnderOldID(t *testing.T) {
 	p := startCaddy(t, chatSite("\t\troom {query.room}"))
 	url := p.url("ws", "/ws?room=own")
-	y := dial(t, url, nil)
-	yid, _ := y.login()
-	x := dial(t, url, nil)
-	xid, _ := x.login()
+	y, yid := connect(t, url)
+	x, xid := connect(t, url)
 	y.await("join of x", isEvent("join", xid))
-	y.send(map[string]any{"msg": "from y"})
-	s0 := seqOf(t, x.await("y's message", isChat(yid, "from y")))
-	x.send(map[string]any{"msg": "from x"})
-	y.await("x's message", isChat(xid, "from x"))
-	_ = x.conn.Close()
-	y.await("leave of x", isEvent("leave", xid))
+	s0 := say(t, y, yid, x, "from y")
+	say(t, x, xid, y, "from x")
+	drop(x, xid, y)
 
 	x2 := dial(t, fmt.Sprintf("%s&since=%d", url, s0), nil)
 	if id, _ := x2.login(); id == xid {
@@ -154,10 +172,8 @@ func TestResumeOwnMessagesUnderOldID(t *testing.T) {
 func TestResumeBadSince(t *testing.T) {
 	p := startCaddy(t, chatSite("\t\thistory 2\n\t\troom {query.room}"))
 	url := p.url("ws", "/ws?room=bad")
-	y := dial(t, url, nil)
-	yid, _ := y.login()
-	obs := dial(t, url, nil)
-	obs.login()
+	y, yid := connect(t, url)
+	obs, _ := connect(t, url)
 	said := []string{"h1", "h2", "h3"}
 	for _, m := range said {
 		y.send(map[string]any{"msg": m})
@@ -168,9 +184,7 @@ func TestResumeBadSince(t *testing.T) {
 	future := uint64(time.Now().Add(time.Hour).UnixMicro())
 	for _, since := range []string{"abc", "", "-1", "1e9", "18446744073709551616", strconv.FormatUint(future, 10)} {
 		t.Run("since="+since, func(t *testing.T) {
-			c := dial(t, url+"&since="+since, nil)
-			c.login()
-			chats, resumed := c.replay(t)
+			c, chats, resumed := resumeAt(t, url+"&since="+since)
 			checkMissed(t, chats, yid, 0, said[len(said)-2:]...) // the history
 			checkResumed(t, resumed, 0, false)
 			// The connection is a member like any other.
@@ -181,9 +195,7 @@ func TestResumeBadSince(t *testing.T) {
 	}
 
 	t.Run("too old", func(t *testing.T) {
-		c := dial(t, fmt.Sprintf("%s&since=%d", url, first-1_000_000), nil)
-		c.login()
-		chats, resumed := c.replay(t)
+		_, chats, resumed := resumeAt(t, fmt.Sprintf("%s&since=%d", url, first-1_000_000))
 		checkMissed(t, chats, yid, 0, said...) // every message held
 		checkResumed(t, resumed, len(said), false)
 	})
@@ -195,17 +207,7 @@ func TestResumeBadSince(t *testing.T) {
 func TestResumeAfterWindow(t *testing.T) {
 	p := startCaddy(t, chatSite("\t\tresume_window 1s\n\t\troom {query.room}"))
 	url := p.url("ws", "/ws?room=window")
-	y := dial(t, url, nil)
-	yid, _ := y.login()
-	x := dial(t, url, nil)
-	xid, _ := x.login()
-	y.await("join of x", isEvent("join", xid))
-	y.send(map[string]any{"msg": "m0"})
-	s0 := seqOf(t, x.await("m0", isChat(yid, "m0")))
-	_ = x.conn.Close()
-	y.await("leave of x", isEvent("leave", xid))
-	obs := dial(t, url, nil)
-	obs.login()
+	y, yid, obs, s0 := missedFromM0(t, url)
 	for i := 1; i <= 5; i++ {
 		y.send(map[string]any{"msg": fmt.Sprintf("m%d", i)})
 	}
@@ -215,9 +217,7 @@ func TestResumeAfterWindow(t *testing.T) {
 	// none and incomplete.
 	deadline := time.Now().Add(waitLong)
 	for attempt := 0; ; attempt++ {
-		c := dial(t, fmt.Sprintf("%s&since=%d", url, s0), nil)
-		c.login()
-		chats, resumed := c.replay(t)
+		c, chats, resumed := resumeAt(t, fmt.Sprintf("%s&since=%d", url, s0))
 		_ = c.conn.Close()
 		if resumed["complete"] == false {
 			checkResumed(t, resumed, 0, false)
@@ -234,9 +234,7 @@ func TestResumeAfterWindow(t *testing.T) {
 		time.Sleep(100 * time.Millisecond) // polling the server's clock, not synchronising
 	}
 
-	c := dial(t, fmt.Sprintf("%s&since=%d", url, last), nil)
-	c.login()
-	chats, resumed := c.replay(t)
+	_, chats, resumed := resumeAt(t, fmt.Sprintf("%s&since=%d", url, last))
 	if len(chats) != 0 {
 		t.Fatalf("resume from the newest seq replayed %v, want nothing", chats)
 	}
@@ -247,42 +245,31 @@ func TestResumeAfterWindow(t *testing.T) {
 // resumes on the other, which gets the messages it missed from members of
 // either instance.
 func TestClusterResumeOnOtherInstance(t *testing.T) {
-	mc := startMemcached(t)
-	p1 := startCaddyCluster(t, "", mc.Addr)
-	p2 := startCaddyCluster(t, "", mc.Addr)
+	_, p1, p2 := startTwoInstances(t, "")
 
-	y := dial(t, p1.url("ws", "/ws"), nil)
-	yid, _ := y.login()
-	z := dial(t, p2.url("ws", "/ws"), nil)
-	zid, _ := z.login()
+	y, yid := connect(t, p1.url("ws", "/ws"))
+	z, zid := connect(t, p2.url("ws", "/ws"))
 	y.await("join of z from p2", isEvent("join", zid))
-	x := dial(t, p1.url("ws", "/ws"), nil)
-	xid, _ := x.login()
+	x, xid := connect(t, p1.url("ws", "/ws"))
 	z.await("join of x from p1", isEvent("join", xid))
 
-	y.send(map[string]any{"msg": "m0"})
-	s0 := seqOf(t, x.await("m0", isChat(yid, "m0")))
+	s0 := say(t, y, yid, x, "m0")
 	if f := z.await("m0 on p2", isChat(yid, "m0")); seqOf(t, f) != s0 {
 		t.Fatalf("m0 has seq %d on p1 and %s on p2: want one seq across the cluster", s0, f.str("seq"))
 	}
-	_ = x.conn.Close()
-	z.await("leave of x", isEvent("leave", xid))
+	drop(x, xid, z)
 	want := []string{"m1", "m2", "m3", "m4", "m5"}
 	for _, m := range want {
 		z.send(map[string]any{"msg": m})
 	}
 	y.await("m5 on p1", isChat(zid, "m5"))
 
-	x2 := dial(t, fmt.Sprintf("%s?since=%d", p2.url("ws", "/ws"), s0), nil)
-	x2.login()
-	chats, resumed := x2.replay(t)
+	_, chats, resumed := resumeAt(t, fmt.Sprintf("%s?since=%d", p2.url("ws", "/ws"), s0))
 	checkMissed(t, chats, zid, s0, want...)
 	checkResumed(t, resumed, 5, true)
 
 	// And back: p1 holds what p2 stamped, under the same seqs.
-	x3 := dial(t, fmt.Sprintf("%s?since=%s", p1.url("ws", "/ws"), chats[1].str("seq")), nil)
-	x3.login()
-	chats3, resumed := x3.replay(t)
+	_, chats3, resumed := resumeAt(t, fmt.Sprintf("%s?since=%s", p1.url("ws", "/ws"), chats[1].str("seq")))
 	checkMissed(t, chats3, zid, seqOf(t, chats[1]), "m3", "m4", "m5")
 	checkResumed(t, resumed, 3, true)
 	for i, f := range chats3 {
@@ -296,29 +283,20 @@ func TestClusterResumeOnOtherInstance(t *testing.T) {
 // memcached was away never reached the other, so a resume there from before
 // the outage is told it may be incomplete, rather than claiming all.
 func TestClusterResumeAfterMemcachedRestart(t *testing.T) {
-	mc := startMemcached(t)
-	p1 := startCaddyCluster(t, "", mc.Addr)
-	p2 := startCaddyCluster(t, "", mc.Addr)
-	y := dial(t, p1.url("ws", "/ws"), nil)
-	yid, _ := y.login()
-	z := dial(t, p2.url("ws", "/ws"), nil)
-	zid, _ := z.login()
-	x := dial(t, p1.url("ws", "/ws"), nil)
-	xid, _ := x.login()
+	mc, p1, p2 := startTwoInstances(t, "")
+	y, yid := connect(t, p1.url("ws", "/ws"))
+	z, zid := connect(t, p2.url("ws", "/ws"))
+	x, xid := connect(t, p1.url("ws", "/ws"))
 	z.await("join of x from p1", isEvent("join", xid))
-	y.send(map[string]any{"msg": "m0"})
-	s0 := seqOf(t, x.await("m0", isChat(yid, "m0")))
-	_ = x.conn.Close()
-	y.await("leave of x", isEvent("leave", xid))
+	s0 := say(t, y, yid, x, "m0")
+	drop(x, xid, y)
 
-	mc.stop()
+	mc.Stop()
 	z.send(map[string]any{"msg": "said while memcached was away"})
-	mc.start()
+	mc.Start()
 	crossesWithin(t, z, zid, y, "after restart")
 
-	x2 := dial(t, fmt.Sprintf("%s?since=%d", p1.url("ws", "/ws"), s0), nil)
-	x2.login()
-	chats, resumed := x2.replay(t)
+	_, chats, resumed := resumeAt(t, fmt.Sprintf("%s?since=%d", p1.url("ws", "/ws"), s0))
 	if resumed["complete"] != false {
 		t.Fatalf("resume across a memcached outage replayed %v with %v, want complete false", chats, resumed)
 	}
@@ -335,17 +313,7 @@ func TestClusterResumeAfterMemcachedRestart(t *testing.T) {
 func TestSlowJoinerWithResume(t *testing.T) {
 	p := startCaddy(t, chatSite("\t\tsend_queue 4\n\t\trate_limit 100000 1s\n\t\troom {query.room}"))
 	url := p.url("ws", "/ws?room=burst")
-	y := dial(t, url, nil)
-	yid, _ := y.login()
-	obs := dial(t, url, nil)
-	obs.login()
-	x := dial(t, url, nil)
-	xid, _ := x.login()
-	y.await("join of x", isEvent("join", xid))
-	y.send(map[string]any{"msg": "m0"})
-	s0 := seqOf(t, x.await("m0", isChat(yid, "m0")))
-	_ = x.conn.Close()
-	y.await("leave of x", isEvent("leave", xid))
+	y, yid, obs, s0 := missedFromM0(t, url)
 	const n = 50
 	want := make([]string, n)
 	for i := range want {
@@ -354,9 +322,7 @@ func TestSlowJoinerWithResume(t *testing.T) {
 		obs.await(want[i], isChat(yid, want[i])) // obs's queue is 4 frames too
 	}
 
-	x2 := dial(t, fmt.Sprintf("%s&since=%d", url, s0), nil)
-	x2.login()
-	chats, resumed := x2.replay(t)
+	x2, chats, resumed := resumeAt(t, fmt.Sprintf("%s&since=%d", url, s0))
 	checkMissed(t, chats, yid, s0, want...)
 	checkResumed(t, resumed, n, true)
 	y.send(map[string]any{"msg": "live"})

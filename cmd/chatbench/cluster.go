@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+
+	"github.com/caddy-chatroom/chatroom/internal/testenv"
 )
 
 // runCluster measures a memcached cluster of real Caddy instances on
@@ -161,7 +163,7 @@ func startCluster(caddyBin, mcBin string, port, n int) (*clusterEnv, error) {
 	if err := e.mc.Start(); err != nil {
 		return nil, fmt.Errorf("starting memcached: %w", err)
 	}
-	if err := awaitPort(e.mcAddr); err != nil {
+	if err := testenv.AwaitPort(e.mcAddr, nil); err != nil {
 		e.stop()
 		return nil, err
 	}
@@ -195,7 +197,7 @@ http://127.0.0.1:%d {
 			return nil, fmt.Errorf("starting caddy: %w", err)
 		}
 		e.instances = append(e.instances, cmd)
-		if err := awaitPort(fmt.Sprintf("127.0.0.1:%d", p)); err != nil {
+		if err := testenv.AwaitPort(fmt.Sprintf("127.0.0.1:%d", p), nil); err != nil {
 			e.stop()
 			return nil, err
 		}
@@ -203,19 +205,6 @@ http://127.0.0.1:%d {
 		e.urls = append(e.urls, u)
 	}
 	return e, nil
-}
-
-// awaitPort waits until addr accepts connections, at most 20 s.
-func awaitPort(addr string) error {
-	deadline := time.Now().Add(20 * time.Second)
-	for time.Now().Before(deadline) {
-		if c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond); err == nil {
-			c.Close()
-			return nil
-		}
-		time.Sleep(50 * time.Millisecond) // polling a port: nothing to await
-	}
-	return fmt.Errorf("%s did not accept connections within 20s", addr)
 }
 
 func (e *clusterEnv) stop() {

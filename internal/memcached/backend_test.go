@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/caddy-chatroom/chatroom/internal/chat"
+	"github.com/caddy-chatroom/chatroom/internal/testenv"
 	"go.uber.org/zap/zaptest"
 )
 
@@ -25,9 +26,7 @@ func chatEv(id, text string) *chat.Event {
 
 func TestIDsUniqueAcrossInstancesAndRestart(t *testing.T) {
 	skipShort(t)
-	mc := startMemcached(t)
-	a := newTestBackend(t, []string{mc.Addr}, "ids:", 30*time.Second)
-	b := newTestBackend(t, []string{mc.Addr}, "ids:", 30*time.Second)
+	mc, a, b := twoBackends(t, "ids:", 30*time.Second)
 	seen := make(map[string]string)
 	var mu sync.Mutex
 	take := func(phase string, r *testBackend, n int) {
@@ -50,14 +49,14 @@ func TestIDsUniqueAcrossInstancesAndRestart(t *testing.T) {
 		go func() { defer wg.Done(); take("before restart", r, 100) }()
 	}
 	wg.Wait()
-	mc.stop()
-	mc.start()
+	mc.Stop()
+	mc.Start()
 	for _, r := range []*testBackend{a, b} {
 		wg.Add(1)
 		go func() { defer wg.Done(); take("after restart", r, 100) }()
 	}
 	wg.Wait()
-	mc.stop()
+	mc.Stop()
 	take("memcached down", a, 40)
 	take("memcached down", b, 40)
 	if len(seen) != 480 {
@@ -69,9 +68,9 @@ func TestNewIDHonoursContext(t *testing.T) {
 	skipShort(t)
 	// A joiner whose context has ended gets a fallback id at once: no
 	// round trip, no lock held while one is in flight.
-	mc := startMemcached(t)
+	mc := testenv.StartMemcached(t)
 	a := newTestBackend(t, []string{mc.Addr}, "ctx:", 30*time.Second)
-	mc.stop()
+	mc.Stop()
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	id := a.NewID(ctx)
@@ -82,9 +81,7 @@ func TestNewIDHonoursContext(t *testing.T) {
 
 func TestRelaysEventsInOrder(t *testing.T) {
 	skipShort(t)
-	mc := startMemcached(t)
-	a := newTestBackend(t, []string{mc.Addr}, "relay:", 30*time.Second)
-	b := newTestBackend(t, []string{mc.Addr}, "relay:", 30*time.Second)
+	_, a, b := twoBackends(t, "relay:", 30*time.Second)
 	b.join("r", "2", "")
 	a.join("r", "1", "alice")
 	b.host.await(t, "join of 1", func(e hostEvent) bool { return e.ev.Kind == chat.KindJoin && e.ev.ID == "1" && e.ev.Nick == "alice" })
@@ -127,17 +124,17 @@ func TestRelaysEventsInOrder(t *testing.T) {
 func (r *testBackend) awaitPolls(t *testing.T, n uint64) {
 	t.Helper()
 	target := r.polls.Load() + n
-	awaitCondition(t, strconv.FormatUint(n, 10)+" polls", func() bool { return r.polls.Load() >= target })
+	testenv.AwaitCondition(t, strconv.FormatUint(n, 10)+" polls", func() bool { return r.polls.Load() >= target })
 }
 
 func TestPresenceAcrossInstances(t *testing.T) {
 	skipShort(t)
-	mc := startMemcached(t)
+	mc := testenv.StartMemcached(t)
 	a := newTestBackend(t, []string{mc.Addr}, "pres:", 3*time.Second)
 	a.join("r", "1", "alice")
 	a.flushed(t)
 	b := newTestBackend(t, []string{mc.Addr}, "pres:", 3*time.Second)
-	awaitCondition(t, "a's member in b's view", func() bool { return hasMember(b.RemoteMembers("r"), "1") })
+	testenv.AwaitCondition(t, "a's member in b's view", func() bool { return hasMember(b.RemoteMembers("r"), "1") })
 	if got := b.RemoteMembers("r"); len(got) != 1 || got[0] != (chat.Member{ID: "1", Nick: "alice"}) {
 		t.Fatalf("b's remote members of r = %v, want [1 alice]", got)
 	}
@@ -152,7 +149,7 @@ func TestPresenceAcrossInstances(t *testing.T) {
 	}
 	// The next snapshots must not announce the change a second time.
 	gen := a.generation()
-	awaitCondition(t, "b read a's latest snapshot", func() bool {
+	testenv.AwaitCondition(t, "b read a's latest snapshot", func() bool {
 		b.mu.Lock()
 		defer b.mu.Unlock()
 		return !b.view.NeedsSnapshot(a.nodeID, gen)
@@ -172,9 +169,7 @@ func (r *testBackend) generation() uint64 {
 
 func TestDeadInstanceLeaves(t *testing.T) {
 	skipShort(t)
-	mc := startMemcached(t)
-	a := newTestBackend(t, []string{mc.Addr}, "dead:", 2*time.Second)
-	b := newTestBackend(t, []string{mc.Addr}, "dead:", 2*time.Second)
+	_, a, b := twoBackends(t, "dead:", 2*time.Second)
 	b.join("r", "2", "")
 	a.join("r", "1", "")
 	b.host.await(t, "join of 1", func(e hostEvent) bool { return e.ev.Kind == chat.KindJoin && e.ev.ID == "1" })
@@ -188,7 +183,7 @@ func TestDeadInstanceLeaves(t *testing.T) {
 
 func TestHistoryClusterWide(t *testing.T) {
 	skipShort(t)
-	mc := startMemcached(t)
+	mc := testenv.StartMemcached(t)
 	a := newTestBackend(t, []string{mc.Addr}, "hist:", 30*time.Second)
 	a.KeepHistory(5)
 	a.join("r", "1", "")
@@ -214,9 +209,9 @@ func TestHistoryClusterWide(t *testing.T) {
 
 func TestKeysAndClose(t *testing.T) {
 	skipShort(t)
-	mc := startMemcached(t)
-	mc.set("foreign:key", "keep me", 0)
-	mc.set("keys:unrelated", "not the module's either", 0)
+	mc := testenv.StartMemcached(t)
+	mc.Set("foreign:key", "keep me", 0)
+	mc.Set("keys:unrelated", "not the module's either", 0)
 	a := newTestBackend(t, []string{mc.Addr}, "keys:", 30*time.Second)
 	b := newTestBackend(t, []string{mc.Addr}, "keys:", 30*time.Second)
 	a.KeepHistory(3)
@@ -225,8 +220,8 @@ func TestKeysAndClose(t *testing.T) {
 	_ = a.NewID(context.Background())
 	b.join("r.1_x-Y", "2", "")
 	a.host.await(t, "join of 2", func(e hostEvent) bool { return e.ev.Kind == chat.KindJoin && e.ev.ID == "2" })
-	awaitCondition(t, "both instances in the index", func() bool {
-		idx := mc.get("keys:nodes")
+	testenv.AwaitCondition(t, "both instances in the index", func() bool {
+		idx := mc.Get("keys:nodes")
 		return strings.Contains(idx, a.nodeID) && strings.Contains(idx, b.nodeID)
 	})
 	isNum := func(s string) bool { _, err := strconv.ParseUint(s, 10, 64); return err == nil }
@@ -244,26 +239,26 @@ func TestKeysAndClose(t *testing.T) {
 		}
 		return false
 	}
-	keys := mc.keys()
+	keys := mc.Keys()
 	for _, k := range keys {
 		if !pattern(k) {
 			t.Errorf("unexpected key %q (all keys: %q)", k, keys)
 		}
 	}
-	if !mc.has("keys:node:"+a.nodeID) || !mc.has("keys:node:"+a.nodeID+":0") {
+	if !mc.Has("keys:node:"+a.nodeID) || !mc.Has("keys:node:"+a.nodeID+":0") {
 		t.Fatalf("no snapshot of a among %q", keys)
 	}
 	if err := a.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if mc.has("keys:node:"+a.nodeID) || mc.has("keys:node:"+a.nodeID+":0") {
+	if mc.Has("keys:node:"+a.nodeID) || mc.Has("keys:node:"+a.nodeID+":0") {
 		t.Error("a's snapshot survived its Close")
 	}
-	if idx := mc.get("keys:nodes"); strings.Contains(idx, a.nodeID) || !strings.Contains(idx, b.nodeID) {
+	if idx := mc.Get("keys:nodes"); strings.Contains(idx, a.nodeID) || !strings.Contains(idx, b.nodeID) {
 		t.Errorf("index after a's Close = %q, want b only", idx)
 	}
 	for _, k := range []string{"foreign:key", "keys:unrelated", "keys:node:" + b.nodeID, "keys:id"} {
-		if !mc.has(k) {
+		if !mc.Has(k) {
 			t.Errorf("%s did not survive a's Close", k)
 		}
 	}
@@ -292,8 +287,8 @@ func TestRoomKeyPart(t *testing.T) {
 
 func TestDownAtStartThenUp(t *testing.T) {
 	skipShort(t)
-	mc := startMemcached(t)
-	mc.stop()
+	mc := testenv.StartMemcached(t)
+	mc.Stop()
 	a := newTestBackend(t, []string{mc.Addr}, "late:", 3*time.Second)
 	a.join("r", "1", "")
 	id := a.NewID(context.Background())
@@ -304,12 +299,12 @@ func TestDownAtStartThenUp(t *testing.T) {
 	if a.client.up() {
 		t.Fatal("backend thinks memcached is up while it is stopped")
 	}
-	mc.start()
+	mc.Start()
 	b := newTestBackend(t, []string{mc.Addr}, "late:", 3*time.Second)
 	b.join("r", "2", "")
 	// a rejoins by itself: its presence, and new messages both ways.
-	awaitCondition(t, "a's member in b's presence", func() bool { return hasMember(b.RemoteMembers("r"), "1") })
-	awaitCondition(t, "b's member in a's presence", func() bool { return hasMember(a.RemoteMembers("r"), "2") })
+	testenv.AwaitCondition(t, "a's member in b's presence", func() bool { return hasMember(b.RemoteMembers("r"), "1") })
+	testenv.AwaitCondition(t, "b's member in a's presence", func() bool { return hasMember(a.RemoteMembers("r"), "2") })
 	a.Publish("r", chatEv("1", "said after"))
 	b.host.await(t, "chat said after", func(e hostEvent) bool { return e.ev.Msg == "said after" })
 	b.Publish("r", chatEv("2", "back to a"))
@@ -321,7 +316,7 @@ func TestDownAtStartThenUp(t *testing.T) {
 
 func TestCloseStopsGoroutines(t *testing.T) {
 	skipShort(t)
-	mc := startMemcached(t)
+	mc := testenv.StartMemcached(t)
 	cfg := func() Config {
 		return Config{Servers: []string{mc.Addr}, Prefix: "gr:", TTL: 3 * time.Second, MaxMessageSize: 1024,
 			History: &memHistory{ev: make(map[string][]*chat.Event)}}
@@ -333,7 +328,7 @@ func TestCloseStopsGoroutines(t *testing.T) {
 	if err := reg.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if keys := mc.keys(); len(keys) != 0 {
+	if keys := mc.Keys(); len(keys) != 0 {
 		t.Fatalf("a backend that never started wrote %q", keys)
 	}
 	before := runtime.NumGoroutine()
@@ -353,10 +348,10 @@ func TestCloseStopsGoroutines(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	awaitCondition(t, "goroutines back to their number before the backends", func() bool {
+	testenv.AwaitCondition(t, "goroutines back to their number before the backends", func() bool {
 		return runtime.NumGoroutine() <= before
 	})
-	for _, k := range mc.keys() {
+	for _, k := range mc.Keys() {
 		if strings.HasPrefix(k, "gr:node:") {
 			t.Errorf("closed backend left its snapshot %s", k)
 		}

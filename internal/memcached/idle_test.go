@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/caddy-chatroom/chatroom/internal/chat"
+	"github.com/caddy-chatroom/chatroom/internal/testenv"
 )
 
 // TestIdleCostIndependentOfRooms counts what two idle instances ask
@@ -16,27 +17,24 @@ import (
 func TestIdleCostIndependentOfRooms(t *testing.T) {
 	skipShort(t)
 	for _, rooms := range []int{1, 2000} {
-		mc := startMemcached(t)
-		prefix := "idle" + strconv.Itoa(rooms) + ":"
-		a := newTestBackend(t, []string{mc.Addr}, prefix, 3*time.Second)
-		b := newTestBackend(t, []string{mc.Addr}, prefix, 3*time.Second)
+		mc, a, b := twoBackends(t, "idle"+strconv.Itoa(rooms)+":", 3*time.Second)
 		for r := 0; r < rooms; r++ {
 			room := "q" + strconv.Itoa(r)
 			a.Publish(room, &chat.Event{Kind: chat.KindJoin, ID: strconv.Itoa(2*r + 1)})
 			b.Publish(room, &chat.Event{Kind: chat.KindJoin, ID: strconv.Itoa(2*r + 2)})
 		}
-		awaitCondition(t, "each instance sees the other's members", func() bool {
+		testenv.AwaitCondition(t, "each instance sees the other's members", func() bool {
 			return a.RemoteCount("q"+strconv.Itoa(rooms-1)) == 1 && b.RemoteCount("q"+strconv.Itoa(rooms-1)) == 1
 		})
 		// Quiet: the polls slow down, the snapshots stop changing.
 		a.awaitBeats(t, 2)
 		b.awaitBeats(t, 2)
-		awaitCondition(t, "idle polling", func() bool { return !a.busy() && !b.busy() })
-		before := mc.stats()["cmd_get"]
+		testenv.AwaitCondition(t, "idle polling", func() bool { return !a.busy() && !b.busy() })
+		before := mc.Stats()["cmd_get"]
 		pa, pb := a.polls.Load(), b.polls.Load()
 		a.awaitPolls(t, 30)
 		b.awaitPolls(t, 30)
-		gets := mc.stats()["cmd_get"] - before
+		gets := mc.Stats()["cmd_get"] - before
 		polls := a.polls.Load() - pa + b.polls.Load() - pb
 		perPoll := float64(gets) / float64(polls)
 		t.Logf("%d rooms: %d gets over %d polls of two idle instances: %.1f per poll", rooms, gets, polls, perPoll)

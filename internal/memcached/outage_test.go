@@ -8,13 +8,14 @@ import (
 	"time"
 
 	"github.com/caddy-chatroom/chatroom/internal/chat"
+	"github.com/caddy-chatroom/chatroom/internal/testenv"
 )
 
 // awaitBeats waits until r made n more heartbeats.
 func (r *testBackend) awaitBeats(t *testing.T, n uint64) {
 	t.Helper()
 	target := r.beats.Load() + n
-	awaitCondition(t, fmt.Sprintf("%d heartbeats", n), func() bool { return r.beats.Load() >= target })
+	testenv.AwaitCondition(t, fmt.Sprintf("%d heartbeats", n), func() bool { return r.beats.Load() >= target })
 }
 
 // roomOn returns a room whose relay partition lives on server addr.
@@ -32,7 +33,7 @@ func roomOn(t *testing.T, r *testBackend, addr string) string {
 
 func TestTwoServersOneDies(t *testing.T) {
 	skipShort(t)
-	mc1, mc2 := startMemcached(t), startMemcached(t)
+	mc1, mc2 := testenv.StartMemcached(t), testenv.StartMemcached(t)
 	servers := []string{mc1.Addr, mc2.Addr}
 	a := newTestBackend(t, servers, "two:", 2*time.Second)
 	b := newTestBackend(t, servers, "two:", 2*time.Second)
@@ -41,13 +42,13 @@ func TestTwoServersOneDies(t *testing.T) {
 	b.join(on2, "4", "")
 	a.join(on1, "1", "")
 	a.join(on2, "3", "")
-	awaitCondition(t, "each instance lists the other's members", func() bool {
+	testenv.AwaitCondition(t, "each instance lists the other's members", func() bool {
 		return hasMember(b.RemoteMembers(on1), "1") && hasMember(b.RemoteMembers(on2), "3") &&
 			hasMember(a.RemoteMembers(on1), "2") && hasMember(a.RemoteMembers(on2), "4")
 	})
 	b.host.drain()
 
-	mc2.stop()
+	mc2.Stop()
 	// The rooms whose partition lives on the living server go on.
 	for i := 0; i < 5; i++ {
 		crosses(t, a, b, on1, "1", fmt.Sprintf("on the living server %d", i))
@@ -72,7 +73,7 @@ func TestTwoServersOneDies(t *testing.T) {
 			t.Errorf("b delivered a leave of %s while one server was away", e.ev.ID)
 		}
 	}
-	mc2.start()
+	mc2.Start()
 	b.host.await(t, "the held message", func(e hostEvent) bool { return e.ev.Msg == "held while its server is away" })
 	crosses(t, a, b, on2, "3", "after the server returned")
 }
@@ -80,8 +81,8 @@ func TestTwoServersOneDies(t *testing.T) {
 func TestMembersJoinedWhileDownAppearEverywhere(t *testing.T) {
 	skipShort(t)
 	for try := 0; try < 2; try++ {
-		mc := startMemcached(t)
-		mc.stop()
+		mc := testenv.StartMemcached(t)
+		mc.Stop()
 		prefix := fmt.Sprintf("down%d:", try)
 		a := newTestBackend(t, []string{mc.Addr}, prefix, 3*time.Second)
 		b := newTestBackend(t, []string{mc.Addr}, prefix, 3*time.Second)
@@ -89,9 +90,9 @@ func TestMembersJoinedWhileDownAppearEverywhere(t *testing.T) {
 		a.join("r", "2", "")
 		b.join("r", "3", "")
 		b.join("r", "4", "")
-		mc.start()
+		mc.Start()
 		start := time.Now()
-		awaitCondition(t, "each instance lists the other's members", func() bool {
+		testenv.AwaitCondition(t, "each instance lists the other's members", func() bool {
 			am, bm := a.RemoteMembers("r"), b.RemoteMembers("r")
 			return hasMember(am, "3") && hasMember(am, "4") && hasMember(bm, "1") && hasMember(bm, "2")
 		})
@@ -101,9 +102,7 @@ func TestMembersJoinedWhileDownAppearEverywhere(t *testing.T) {
 
 func TestJoinStormConverges(t *testing.T) {
 	skipShort(t)
-	mc := startMemcached(t)
-	a := newTestBackend(t, []string{mc.Addr}, "storm:", 3*time.Second)
-	b := newTestBackend(t, []string{mc.Addr}, "storm:", 3*time.Second)
+	_, a, b := twoBackends(t, "storm:", 3*time.Second)
 	const rooms, per, big = 40, 100, 4000
 	id := 0
 	for i := 0; i < per; i++ {
@@ -116,7 +115,7 @@ func TestJoinStormConverges(t *testing.T) {
 		id++
 		a.Publish("big", &chat.Event{Kind: chat.KindJoin, ID: strconv.Itoa(id)})
 	}
-	awaitCondition(t, "b's view of the storm", func() bool {
+	testenv.AwaitCondition(t, "b's view of the storm", func() bool {
 		b.mu.Lock()
 		defer b.mu.Unlock()
 		for r := 0; r < rooms; r++ {
@@ -133,9 +132,7 @@ func TestJoinStormConverges(t *testing.T) {
 
 func TestFiftyThousandMembers(t *testing.T) {
 	skipShort(t)
-	mc := startMemcached(t)
-	a := newTestBackend(t, []string{mc.Addr}, "many:", 3*time.Second)
-	b := newTestBackend(t, []string{mc.Addr}, "many:", 3*time.Second)
+	mc, a, b := twoBackends(t, "many:", 3*time.Second)
 	const rooms, per = 500, 100
 	nick := strings.Repeat("n", 32)
 	for r := 0; r < rooms; r++ {
@@ -143,7 +140,7 @@ func TestFiftyThousandMembers(t *testing.T) {
 			a.Publish("m"+strconv.Itoa(r), &chat.Event{Kind: chat.KindJoin, ID: strconv.Itoa(r*per + i + 1), Nick: nick})
 		}
 	}
-	awaitCondition(t, "b counts all 50,000 members of a", func() bool {
+	testenv.AwaitCondition(t, "b counts all 50,000 members of a", func() bool {
 		b.mu.Lock()
 		defer b.mu.Unlock()
 		total := 0
@@ -153,10 +150,10 @@ func TestFiftyThousandMembers(t *testing.T) {
 		return total == rooms*per
 	})
 	chunks := 0
-	for _, k := range mc.keys() {
+	for _, k := range mc.Keys() {
 		if strings.HasPrefix(k, "many:node:"+a.nodeID+":") {
 			chunks++
-			if n := len(mc.get(k)); n > maxChunkBytes {
+			if n := len(mc.Get(k)); n > maxChunkBytes {
 				t.Errorf("chunk %s is %d bytes, over %d", k, n, maxChunkBytes)
 			}
 		}

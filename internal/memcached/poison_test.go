@@ -1,16 +1,14 @@
 package memcached
 
 import (
-	"bufio"
 	"encoding/json"
 	"fmt"
-	"net"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/caddy-chatroom/chatroom/internal/chat"
+	"github.com/caddy-chatroom/chatroom/internal/testenv"
 )
 
 // Values written into a real memcached behind the backends' backs, as
@@ -18,35 +16,11 @@ import (
 // serving, and nothing they deliver may break the rules a client's own
 // frames follow.
 
-// line sends one command and returns its single reply line.
-func (m *memcachedProc) line(cmd string) string {
-	m.t.Helper()
-	c, err := net.DialTimeout("tcp", m.Addr, time.Second)
-	if err != nil {
-		m.t.Fatalf("memcached %q: %v", cmd, err)
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(waitLong))
-	if _, err := fmt.Fprintf(c, "%s\r\n", cmd); err != nil {
-		m.t.Fatalf("memcached %q: %v", cmd, err)
-	}
-	reply, err := bufio.NewReader(c).ReadString('\n')
-	if err != nil {
-		m.t.Fatalf("memcached %q: %v", cmd, err)
-	}
-	return strings.TrimRight(reply, "\r\n")
-}
-
 // forge appends value to room's relay partition as a new entry.
-func (m *memcachedProc) forge(prefix, room, value string) {
-	m.t.Helper()
+func forge(mc *testenv.TestMemcached, prefix, room, value string) {
 	k := keySchema{prefix: prefix}
 	p := partitionOf(room)
-	n, err := strconv.ParseUint(m.line("incr "+k.partition(p)+" 1"), 10, 64)
-	if err != nil {
-		m.t.Fatalf("incrementing partition %d of %s: %v", p, room, err)
-	}
-	m.set(k.entry(p, n), value, 60)
+	mc.Set(k.entry(p, mc.Incr(k.partition(p), 1)), value, 60)
 }
 
 func forgedEntry(node, room string, gen uint64, ev chat.Event) string {
@@ -61,30 +35,29 @@ func crosses(t *testing.T, a, b *testBackend, room, from, text string) {
 	b.host.await(t, "chat "+text, func(e hostEvent) bool { return e.room == room && e.ev.Msg == text })
 }
 
-// pair starts two backends with a member each in room r.
-func pair(t *testing.T, mc *memcachedProc, prefix string, ttl time.Duration) (a, b *testBackend) {
-	a = newTestBackend(t, []string{mc.Addr}, prefix, ttl)
-	b = newTestBackend(t, []string{mc.Addr}, prefix, ttl)
+// pair starts a memcached and two backends on it with a member each in
+// room r.
+func pair(t *testing.T, prefix string, ttl time.Duration) (mc *testenv.TestMemcached, a, b *testBackend) {
+	mc, a, b = twoBackends(t, prefix, ttl)
 	a.join("r", "1", "ann")
 	b.join("r", "2", "bob")
 	b.host.await(t, "join of 1", func(e hostEvent) bool { return e.ev.Kind == chat.KindJoin && e.ev.ID == "1" })
 	a.host.await(t, "join of 2", func(e hostEvent) bool { return e.ev.Kind == chat.KindJoin && e.ev.ID == "2" })
-	return a, b
+	return mc, a, b
 }
 
 func TestPoisonedCounterAtMax(t *testing.T) {
 	skipShort(t)
-	mc := startMemcached(t)
-	a, b := pair(t, mc, "pc:", 30*time.Second)
+	mc, a, b := pair(t, "pc:", 30*time.Second)
 	// The old design's poll loop never ended on this value (the counter
 	// wraps) and grew memory until the process died.
 	k := keySchema{prefix: "pc:"}
-	mc.set(k.partition(partitionOf("r")), "18446744073709551615", 0)
+	mc.Set(k.partition(partitionOf("r")), "18446744073709551615", 0)
 	for i := 0; i < 3; i++ {
 		crosses(t, a, b, "r", "1", fmt.Sprintf("after max %d", i))
 	}
 	for _, v := range []string{"-5", "not a number", strings.Repeat("9", 30), "0"} {
-		mc.set(k.partition(partitionOf("r")), v, 0)
+		mc.Set(k.partition(partitionOf("r")), v, 0)
 		crosses(t, a, b, "r", "1", "after "+v)
 		crosses(t, b, a, "r", "2", "back after "+v)
 	}
@@ -92,13 +65,12 @@ func TestPoisonedCounterAtMax(t *testing.T) {
 
 func TestPoisonedIndex(t *testing.T) {
 	skipShort(t)
-	mc := startMemcached(t)
-	a, b := pair(t, mc, "pi:", 2*time.Second)
+	mc, a, b := pair(t, "pi:", 2*time.Second)
 	bad := strings.Repeat("x", 300)
-	idx := mc.get("pi:nodes")
-	mc.set("pi:nodes", idx+" "+bad+" ../etc \x01", 0)
-	awaitCondition(t, "the malformed ids dropped from the index", func() bool {
-		v := mc.get("pi:nodes")
+	idx := mc.Get("pi:nodes")
+	mc.Set("pi:nodes", idx+" "+bad+" ../etc \x01", 0)
+	testenv.AwaitCondition(t, "the malformed ids dropped from the index", func() bool {
+		v := mc.Get("pi:nodes")
 		return !strings.Contains(v, bad) && !strings.Contains(v, "..") && strings.Contains(v, a.nodeID) && strings.Contains(v, b.nodeID)
 	})
 	crosses(t, a, b, "r", "1", "index cleaned")
@@ -117,8 +89,7 @@ func TestPoisonedIndex(t *testing.T) {
 
 func TestForgedEntries(t *testing.T) {
 	skipShort(t)
-	mc := startMemcached(t)
-	a, b := pair(t, mc, "pf:", 30*time.Second)
+	mc, a, b := pair(t, "pf:", 30*time.Second)
 	stranger := "fedcba9876543210"
 	forged := []struct{ what, value string }{
 		{"chat as b's own member", forgedEntry(a.nodeID, "r", 0, chat.Event{Kind: chat.KindChat, ID: "2", Nick: "bob", Msg: "I am bob", Time: "1"})},
@@ -134,7 +105,7 @@ func TestForgedEntries(t *testing.T) {
 		{"not JSON", "\x00\xff{"},
 	}
 	for _, f := range forged {
-		mc.forge("pf:", "r", f.value)
+		forge(mc, "pf:", "r", f.value)
 	}
 	// A marker after them: once it arrives, the forged entries were read.
 	crosses(t, a, b, "r", "1", "marker")
@@ -149,24 +120,23 @@ func TestForgedEntries(t *testing.T) {
 
 func TestPoisonedSnapshotAndHistory(t *testing.T) {
 	skipShort(t)
-	mc := startMemcached(t)
-	a, b := pair(t, mc, "ps:", 2*time.Second)
+	mc, a, b := pair(t, "ps:", 2*time.Second)
 	a.KeepHistory(5)
 	b.KeepHistory(5)
 	k := keySchema{prefix: "ps:"}
 	// A header promising more chunks than exist, and a chunk with a
 	// forged member: the snapshot is ignored, a's members stay.
-	mc.set(k.node(a.nodeID), `{"gen":999999,"chunks":100000}`, 0)
-	mc.set(k.chunk(a.nodeID, 0), `{"gen":999999,"rooms":{"r":{"n":1,"m":[{"id":"1","nick":"\u0007"}]}}}`, 0)
+	mc.Set(k.node(a.nodeID), `{"gen":999999,"chunks":100000}`, 0)
+	mc.Set(k.chunk(a.nodeID, 0), `{"gen":999999,"rooms":{"r":{"n":1,"m":[{"id":"1","nick":"\u0007"}]}}}`, 0)
 	// A room history with a forged event.
-	mc.set(k.history("q"), `{"events":[{"kind":"chat","id":"1","msg":"`+strings.Repeat("x", 9000)+`"}]}`, 0)
+	mc.Set(k.history("q"), `{"events":[{"kind":"chat","id":"1","msg":"`+strings.Repeat("x", 9000)+`"}]}`, 0)
 	b.Warm(t.Context(), "q")
 	if h := b.History("q", 5); len(h) != 0 {
 		t.Errorf("history loaded from a forged value: %v", h)
 	}
 	crosses(t, a, b, "r", "1", "after poisoned presence")
 	// a's own next heartbeat writes its true snapshot again.
-	awaitCondition(t, "a's header rewritten", func() bool { return !strings.Contains(mc.get(k.node(a.nodeID)), "100000") })
+	testenv.AwaitCondition(t, "a's header rewritten", func() bool { return !strings.Contains(mc.Get(k.node(a.nodeID)), "100000") })
 	if !hasMember(b.RemoteMembers("r"), "1") {
 		t.Errorf("b lost a's member after the poisoned snapshot: %v", b.RemoteMembers("r"))
 	}

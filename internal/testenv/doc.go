@@ -3,8 +3,9 @@
 // memcached that can be killed and restarted on its port, free loopback
 // ports for both, their captured output and the Caddy admin /metrics.
 //
-// The integration tests and cmd/chatsoak share it so that neither copies the
-// other. The core functions return errors (a soak is not a test); the few
-// that take a testing.TB skip or fail the test the way every integration
-// test must (StartMemcached, CaddyBinary).
+// The integration tests of every package and cmd/chatsoak share it so that
+// none copies another. The core functions return errors (a soak is not a
+// test); the few that take a testing.TB skip or fail the test the way every
+// integration test must (StartMemcached with its TestMemcached,
+// CaddyBinary, AwaitCondition).
 package testenv
