@@ -6,6 +6,7 @@ package chatroom
 import (
 	"encoding/json"
 	"fmt"
+	"github.com/caddy-chatroom/chatroom/internal/testenv"
 	"net/http"
 	"strconv"
 	"sync"
@@ -292,7 +293,7 @@ func TestJoinStormKeepsReader(t *testing.T) {
 // instance; members on both instances converge to the true count, and back
 // within the limit to the whole list.
 func TestBigRoomAcrossCluster(t *testing.T) {
-	mc := startMemcached(t)
+	mc := testenv.StartMemcached(t)
 	p1 := startCaddyCluster(t, "presence_limit 2", mc.Addr)
 	p2 := startCaddyCluster(t, "presence_limit 2", mc.Addr)
 
