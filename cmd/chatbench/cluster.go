@@ -40,6 +40,7 @@ func runCluster(args []string) error {
 	label := fs.String("label", "", "label for the results (e.g. before, after)")
 	jsonOut := fs.String("json", "", "append each result as one JSON line to this file")
 	basePort := fs.Int("port", 19300, "first of the loopback ports used (memcached, then one per instance)")
+	bigMembers := fs.Int("bigroom-members", 2000, "members of the big room on each of the 2 instances")
 	_ = fs.Parse(args)
 	if *caddyBin == "" {
 		return fmt.Errorf("-caddy is required")
@@ -84,7 +85,7 @@ func runCluster(args []string) error {
 		case "load":
 			err = run("load-100-rooms-200-msg-s", 2, func(e *clusterEnv) (map[string]float64, error) { return e.load(100, 200, *window) })
 		case "bigroom":
-			err = run("bigroom-2000-per-instance", 2, func(e *clusterEnv) (map[string]float64, error) { return e.bigRoom(2000, *window) })
+			err = run(fmt.Sprintf("bigroom-%d-per-instance", *bigMembers), 2, func(e *clusterEnv) (map[string]float64, error) { return e.bigRoom(*bigMembers, *window) })
 		default:
 			return fmt.Errorf("unknown scenario %q", sc)
 		}
@@ -596,8 +597,48 @@ func (e *clusterEnv) bigRoom(per int, window time.Duration) (map[string]float64,
 	lat.mu.Lock()
 	defer lat.mu.Unlock()
 	out["join_s"] = joined.Seconds()
+	// Convergence: a probe joining each instance is told the room's size;
+	// the true size is every member plus the probe.
+	for i := range 2 {
+		count, err := e.probeCount(i, "big")
+		if err != nil {
+			return nil, err
+		}
+		out[fmt.Sprintf("count_seen_%d_minus_true", i+1)] = float64(count - (2*per + 1))
+	}
 	out["deliveries"] = float64(lat.n.Load())
 	out["p50_ms"] = ms(lat.h.quantile(0.5))
 	out["p99_ms"] = ms(lat.h.quantile(0.99))
 	return out, nil
+}
+
+// probeCount joins room on instance i and returns the size its online frame
+// reports: `count` for a room past presence_limit, else the length of the
+// list.
+func (e *clusterEnv) probeCount(i int, room string) (int, error) {
+	conns, err := dialAll(1, 1, func(int) string { return roomURL(e.urls[i], "room", room) })
+	if err != nil {
+		return 0, err
+	}
+	ws := conns[0]
+	defer ws.Close()
+	_ = ws.SetReadDeadline(time.Now().Add(30 * time.Second))
+	for {
+		_, frame, err := ws.ReadMessage()
+		if err != nil {
+			return 0, fmt.Errorf("probe of instance %d: %w", i, err)
+		}
+		var f struct {
+			Event  string            `json:"event"`
+			Count  string            `json:"count"`
+			Online []json.RawMessage `json:"online"`
+		}
+		if json.Unmarshal(frame, &f) != nil || f.Event != "online" {
+			continue
+		}
+		if f.Count == "" {
+			return len(f.Online), nil
+		}
+		return strconv.Atoi(f.Count)
+	}
 }
