@@ -1,5 +1,5 @@
 // The example chat page of caddy-chatroom: plain JavaScript, no build step,
-// no dependencies. It speaks only the chat protocol (SPEC §3), so it works
+// no dependencies. It speaks only the chat protocol (docs/protocol.md), so it works
 // unchanged against one Caddy or a cluster, and it ignores frame fields it
 // does not know.
 //
