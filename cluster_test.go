@@ -3,6 +3,7 @@ package chatroom
 import (
 	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -95,7 +96,7 @@ func TestClusterChatPresenceHistory(t *testing.T) {
 	testenv.AwaitCondition(t, "a's events in memcached", func() bool {
 		n := 0
 		for _, k := range mc.Keys() {
-			if f := strings.Split(k, ":"); len(f) == 4 && f[1] == "log" {
+			if f := strings.Split(k, ":"); len(f) == 4 && f[1] == "log" && f[3] != "base" {
 				n++ // a relay log entry: chatroom:log:<partition>:<n>
 			}
 		}
@@ -294,4 +295,46 @@ func TestClusterMemcachedDownAtStart(t *testing.T) {
 		_, online := c.login()
 		return containsAll(onlineIDs(online), aid, bid)
 	})
+}
+
+// TestClusterBurstOnNewCounter: the first events of a relay partition,
+// published in a burst before another instance polls again, all reach that
+// instance through the log, not a heartbeat later through the snapshots.
+// The reader used to take only the newest 16 entries of a counter it saw
+// appear, so most of a burst of joins waited for the next snapshot.
+func TestClusterBurstOnNewCounter(t *testing.T) {
+	_, p1, p2 := startTwoInstances(t, "")
+	const burst = 80
+	var wg sync.WaitGroup
+	errs := make(chan error, burst)
+	for range burst {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, _, err := tryDial(t, p1.url("ws", "/ws"), nil)
+			if err != nil {
+				errs <- err
+				return
+			}
+			t.Cleanup(func() { _ = c.conn.Close() })
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatalf("dial p1: %v", err)
+	}
+	// Within a few polls, far below the 5 s heartbeat of the default ttl.
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		b := dial(t, p2.url("ws", "/ws"), nil)
+		_, online := b.login()
+		_ = b.conn.Close()
+		if n := len(onlineIDs(online)); n == burst+1 {
+			return
+		} else if time.Now().After(deadline) {
+			t.Fatalf("p2 lists %d members, want the %d of p1 and its own joiner", n, burst+1)
+		}
+		time.Sleep(50 * time.Millisecond) // the next poll of p2
+	}
 }

@@ -33,6 +33,11 @@ func (k keySchema) chunk(id string, i int) string {
 
 func (k keySchema) partition(p int) string { return k.prefix + "log:" + strconv.Itoa(p) }
 
+// partitionBase is where a partition's counter records the seed it was
+// last made with, so that a reader that sees the counter appear knows
+// where its entries start.
+func (k keySchema) partitionBase(p int) string { return k.partition(p) + ":base" }
+
 func (k keySchema) entry(p int, n uint64) string {
 	return k.partition(p) + ":" + strconv.FormatUint(n, 10)
 }

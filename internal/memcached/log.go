@@ -219,7 +219,14 @@ func (r *Backend) reserve(s *server, key string, n uint64) (uint64, error) {
 	}
 	if isMiss(err) {
 		seed := uint64(time.Now().UnixMicro())
-		err = s.add(&memcache.Item{Key: key, Value: []byte(strconv.FormatUint(seed, 10))})
+		value := []byte(strconv.FormatUint(seed, 10))
+		err = s.add(&memcache.Item{Key: key, Value: value})
+		if err == nil {
+			// The base goes on the same server as the counter (keys
+			// that belong together do); a reader without it falls
+			// back to a short look-back.
+			_ = s.set(&memcache.Item{Key: key + ":base", Value: value})
+		}
 		if answer(err) {
 			last, err = s.incr(key, n)
 		}
@@ -449,13 +456,22 @@ func (p *poller) wanted(i int, cur uint64) []uint64 {
 		st.old = cur
 	case st.next == 0 || st.gone:
 		// The counter was missing and is back (first use, or
-		// memcached restarted): its latest entries are news, from a
-		// seed the reader cannot know, so it takes a bounded window.
+		// memcached restarted): its entries are news from the seed
+		// its maker recorded on, at most maxPerPoll of them; without
+		// a usable base, a short window.
 		if st.next != 0 {
 			r.markGaps(i) // it was there before: what it held is lost
 		}
 		st.gone = false
-		p.reset(st, cur+1-min(cur, jumpWindow), cur)
+		next := cur + 1 - min(cur, jumpWindow)
+		base, ok := p.base(i, cur)
+		if ok {
+			next = max(base+1, cur+1-min(cur, maxPerPoll))
+		}
+		p.reset(st, next, cur)
+		if ok {
+			st.trusted = next - 1 // every number above the seed was reserved
+		}
 	case cur+1 < st.next:
 		// The counter went back: it was lost and re-seeded by a
 		// clock behind ours, or forged. Follow it from here.
@@ -478,6 +494,27 @@ func (p *poller) wanted(i int, cur uint64) []uint64 {
 		}
 	}
 	return want
+}
+
+// base reads the seed partition i's counter was last made with, when it is
+// a usable start for a counter that reads cur: at most cur, and not so far
+// below it that the entries in between could not all be read.
+func (p *poller) base(i int, cur uint64) (uint64, bool) {
+	key := p.r.keys.partitionBase(i)
+	s := p.r.client.route(p.r.keys.partition(i)) // where the counter lives
+	if !s.usable() {
+		return 0, false
+	}
+	it, err := s.get(key)
+	if err != nil {
+		return 0, false
+	}
+	b, err := parseCounter(it.Value)
+	if err != nil || b > cur || cur-b > maxBacklog {
+		p.r.metrics.rejected("counter")
+		return 0, false
+	}
+	return b, true
 }
 
 // reset makes next the lowest number to read, forgetting what lay below;
