@@ -357,3 +357,25 @@ func TestCloseStopsGoroutines(t *testing.T) {
 		}
 	}
 }
+
+// TestReadsPastOwnBurst: an instance that publishes more than a poll's
+// worth of entries (maxPerPoll) into one partition still reads what
+// another instance publishes after them. Its poller used to stop at a
+// window made only of its own entries, which it wants from nobody: from
+// then on it read nothing of that partition (a room of 1,000 members on
+// each of two instances heard nothing from the other one).
+func TestReadsPastOwnBurst(t *testing.T) {
+	skipShort(t)
+	_, a, b := twoBackends(t, "burst:", 30*time.Second)
+	a.join("r", "1", "")
+	b.join("r", "2", "")
+	a.host.await(t, "join of 2", func(e hostEvent) bool { return e.ev.Kind == chat.KindJoin && e.ev.ID == "2" })
+	for i := 0; i < 3*maxPerPoll; i++ {
+		a.Publish("r", chatEv("1", chatText(i)))
+	}
+	a.flushed(t)
+	b.Publish("r", chatEv("2", "after the burst"))
+	a.host.await(t, "b's chat after a's burst", func(e hostEvent) bool {
+		return e.ev.Kind == chat.KindChat && e.ev.Msg == "after the burst"
+	})
+}

@@ -354,6 +354,10 @@ func (p *poller) once(now time.Time) {
 			r.logger.Warn("ignoring a malformed relay counter in memcached", zap.String("key", key), zap.Error(err))
 			continue
 		}
+		// Past this instance's own entries first: a window of maxPerPoll
+		// numbers all its own would otherwise be wanted by nobody, and the
+		// partition never read past it.
+		p.advance(st)
 		want[i] = p.wanted(i, cur)
 		for _, n := range want[i] {
 			fetch[s] = append(fetch[s], r.keys.entry(i, n))
