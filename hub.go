@@ -126,9 +126,11 @@ func (h *hub) join(ctx context.Context, c *conn) error {
 		}
 		c.placeAt(r, len(r.members))
 		r.members = append(r.members, c)
-		c.sendFrame(welcomeMessage(c.member, r.name))
-		c.sendFrame(h.onlineFrame(r))
-		h.replay(r, c)
+		c.burst(func() {
+			c.sendFrame(welcomeMessage(c.member, r.name))
+			c.sendFrame(h.onlineFrame(r))
+			h.replay(r, c)
+		})
 		h.publishPresence(r, chat.NewPresence(chat.KindJoin, c.member), c)
 		r.mu.Unlock()
 		h.metrics.connections.Inc()

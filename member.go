@@ -257,6 +257,26 @@ func (c *conn) send(pm *websocket.PreparedMessage) {
 	c.mu.Unlock()
 }
 
+// burst queues what send queues inside f, then starts one writer for all
+// of it: a joiner's welcome, online list and replay go out in one system
+// call instead of racing a writer that starts after the first frame.
+func (c *conn) burst(f func()) {
+	c.mu.Lock()
+	held := !c.writing
+	c.writing = true // send queues but starts no writer
+	c.mu.Unlock()
+	f()
+	if !held {
+		return // a writer runs already: it takes the queue
+	}
+	c.mu.Lock()
+	c.writing = false
+	if len(c.queue) > 0 || c.pingDue {
+		c.wakeWriter()
+	}
+	c.mu.Unlock()
+}
+
 // wakeWriter starts a writer goroutine unless one runs. The caller holds
 // c.mu.
 func (c *conn) wakeWriter() {
