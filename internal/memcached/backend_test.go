@@ -232,7 +232,7 @@ func TestKeysAndClose(t *testing.T) {
 		}
 		f := strings.Split(k, ":")
 		switch {
-		case len(f) == 3 && f[1] == "log" || len(f) == 4 && f[1] == "log" && isNum(f[3]):
+		case len(f) == 3 && f[1] == "log" || len(f) == 4 && f[1] == "log" && (isNum(f[3]) || f[3] == "base"):
 			return isNum(f[2])
 		case len(f) == 3 && f[1] == "node" || len(f) == 4 && f[1] == "node" && isNum(f[3]):
 			return f[2] == a.nodeID || f[2] == b.nodeID
