@@ -324,8 +324,9 @@ func TestClusterBurstOnNewCounter(t *testing.T) {
 	for err := range errs {
 		t.Fatalf("dial p1: %v", err)
 	}
-	// Within a few polls, far below the 5 s heartbeat of the default ttl.
-	deadline := time.Now().Add(2 * time.Second)
+	// Within a few polls: before the 5 s heartbeat of the default ttl
+	// brings the snapshots, with room for a loaded machine.
+	deadline := time.Now().Add(4 * time.Second)
 	for {
 		b := dial(t, p2.url("ws", "/ws"), nil)
 		_, online := b.login()
