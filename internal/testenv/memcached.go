@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -213,8 +214,10 @@ func (m *Memcached) Keys() ([]string, error) {
 		}
 		keys = append(keys, k)
 	}
+	// The crawler walks the LRUs while items move between them, so it can
+	// dump one key twice: each key is listed once.
 	sort.Strings(keys)
-	return keys, nil
+	return slices.Compact(keys), nil
 }
 
 // Set stores a key directly, bypassing the module.
