@@ -5,7 +5,7 @@ import (
 	"time"
 
 	"github.com/caddy-chatroom/chatroom/internal/chat"
-	"github.com/gorilla/websocket"
+	"github.com/caddy-chatroom/chatroom/internal/wsio"
 )
 
 // countInterval is the shortest time between two count (or refreshed
@@ -183,11 +183,11 @@ func (h *hub) deliverLocal(r *room, ev *chat.Event, except *conn) {
 // refresher returns what a member's queue takes instead of a pile of
 // presence events (see sendPresence): r's online frame, built at most once
 // per broadcast. It runs under r.mu, held by the broadcast.
-func (h *hub) refresher(r *room) func() *websocket.PreparedMessage {
-	var pm *websocket.PreparedMessage
-	return func() *websocket.PreparedMessage {
+func (h *hub) refresher(r *room) func() *wsio.Frame {
+	var pm *wsio.Frame
+	return func() *wsio.Frame {
 		if pm == nil {
-			pm, _ = websocket.NewPreparedMessage(websocket.TextMessage, h.onlineFrame(r))
+			pm = wsio.NewTextFrame(h.onlineFrame(r))
 		}
 		return pm
 	}
@@ -196,14 +196,11 @@ func (h *hub) refresher(r *room) func() *websocket.PreparedMessage {
 // broadcastPresence queues a presence frame of the given kind for every
 // member but except; see sendPresence for how it merges with what waits.
 // The caller holds r.mu.
-func (r *room) broadcastPresence(frame []byte, kind presenceKind, except *conn, refresh func() *websocket.PreparedMessage) {
+func (r *room) broadcastPresence(frame []byte, kind presenceKind, except *conn, refresh func() *wsio.Frame) {
 	if len(r.members) == 0 || len(r.members) == 1 && r.members[0] == except {
 		return
 	}
-	pm, err := websocket.NewPreparedMessage(websocket.TextMessage, frame)
-	if err != nil {
-		return
-	}
+	pm := wsio.NewTextFrame(frame)
 	for _, c := range r.members {
 		if c != except {
 			c.sendPresence(pm, kind, refresh)

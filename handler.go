@@ -70,13 +70,15 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	wc.WS().SetReadLimit(h.MaxMessageSize)
 	c := newConn(wc, h.hub, roomName, member, opts, h.logger)
 	c.via = h.ref
-	// The connection runs on a goroutine of its own and ServeHTTP returns,
-	// so that the HTTP server frees what it holds per request (its buffers,
-	// the request, a deep stack): an idle member costs a few KiB instead of
-	// tens. Nothing of the request may stay reachable from the connection,
-	// its context included (Caddy's replacer holds the ResponseWriter): the
-	// join gets a fresh context, bounded in serve.
-	go c.serve(context.Background())
+	// The join and the first write run here, on a stack that has grown
+	// already; then the connection parks (or gets a reader goroutine) and
+	// ServeHTTP returns, so that the HTTP server frees what it holds per
+	// request (its buffers, the request, a deep stack): an idle member
+	// costs a few KiB instead of tens. Nothing of the request may stay
+	// reachable from the connection, its context included (Caddy's
+	// replacer holds the ResponseWriter): the join gets a fresh context,
+	// bounded in serve.
+	c.serve(context.Background())
 	return nil
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"github.com/caddy-chatroom/chatroom/internal/chat"
+	"github.com/caddy-chatroom/chatroom/internal/wsio"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -126,11 +127,10 @@ func (h *hub) join(ctx context.Context, c *conn) error {
 		}
 		c.placeAt(r, len(r.members))
 		r.members = append(r.members, c)
-		c.burst(func() {
-			c.sendFrame(welcomeMessage(c.member, r.name))
-			c.sendFrame(h.onlineFrame(r))
-			h.replay(r, c)
-		})
+		// These wait for serve, which holds c's writer (newConn).
+		c.sendFrame(welcomeMessage(c.member, r.name))
+		c.sendFrame(h.onlineFrame(r))
+		h.replay(r, c)
 		h.publishPresence(r, chat.NewPresence(chat.KindJoin, c.member), c)
 		r.mu.Unlock()
 		h.metrics.connections.Inc()
@@ -250,16 +250,13 @@ func (h *hub) DeliverWith(name string, update func() []*chat.Event) {
 }
 
 // broadcast queues one frame for every member but except. The frame is
-// prepared once, so every member shares the same bytes on the wire. The
+// encoded once, so every member shares the same bytes on the wire. The
 // caller holds r.mu.
 func (r *room) broadcast(frame []byte, except *conn) {
 	if len(r.members) == 0 || len(r.members) == 1 && r.members[0] == except {
 		return
 	}
-	pm, err := websocket.NewPreparedMessage(websocket.TextMessage, frame)
-	if err != nil {
-		return // only fails for invalid control frames
-	}
+	pm := wsio.NewTextFrame(frame)
 	for _, c := range r.members {
 		if c != except {
 			c.send(pm)

@@ -69,10 +69,10 @@ type conn struct {
 	member chat.Member
 
 	mu        sync.Mutex
-	queue     []*websocket.PreparedMessage
-	presence  waitingPresence              // presence frames in queue (sendqueue.go)
-	spare     []*websocket.PreparedMessage // the writer's last batch, reused
-	writing   bool                         // a writer goroutine runs
+	queue     []*wsio.Frame
+	presence  waitingPresence // presence frames in queue (sendqueue.go)
+	spare     []*wsio.Frame   // the writer's last batch, reused
+	writing   bool            // a writer runs, or is held for serve (newConn)
 	pingDue   bool
 	closing   bool // no more frames are queued
 	pingTimer *time.Timer
@@ -99,6 +99,11 @@ func newConn(wc wsio.Conn, h *hub, roomName string, member chat.Member, opts con
 		member:   member,
 		index:    -1,
 		logger:   logger,
+		// The writer is held for serve, which writes what the join queues
+		// on the goroutine that upgraded the connection: no writer
+		// goroutine is started (and no fresh stack grown) for a joiner's
+		// first frames, which go out with the handshake response.
+		writing: true,
 	}
 	c.writeLoopFn = c.writeLoop
 	c.readBurstFn = c.readBurst
@@ -125,8 +130,11 @@ func (c *conn) moveTo(i int) { c.index = i }
 // setNick changes c's display name. The caller holds c.room.mu.
 func (c *conn) setNick(nick string) { c.member.Nick = nick }
 
-// serve runs the connection until it ends: join, read loop, leave. ctx
-// bounds the registry calls made while joining and is not kept after.
+// serve joins the connection to its room, writes the joiner's first
+// frames and parks the connection, or hands it to a reader goroutine when
+// the client has sent something already. It runs on the goroutine that
+// upgraded the connection. ctx bounds the registry calls made while
+// joining and is not kept after.
 func (c *conn) serve(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, joinTimeout)
 	err := c.hub.join(ctx, c)
@@ -143,8 +151,13 @@ func (c *conn) serve(ctx context.Context) {
 		return c.ws.SetReadDeadline(time.Now().Add(2 * c.opts.pingInterval))
 	})
 	c.startPinging()
+	c.writeLoop() // the joiner's first frames (newConn)
 	c.wc.Watch(c)
-	c.readBurst()
+	if !c.parkIfIdle() {
+		// The client has sent something already: a reader of its own, so
+		// that the handler's goroutine, and the request, are let go.
+		go c.readBurstFn()
+	}
 }
 
 // teardown ends the connection once it is over: the member leaves the
@@ -230,17 +243,11 @@ func (c *conn) handleNick(in inbound) {
 }
 
 // sendFrame queues a frame for this connection alone.
-func (c *conn) sendFrame(frame []byte) {
-	pm, err := websocket.NewPreparedMessage(websocket.TextMessage, frame)
-	if err != nil {
-		return
-	}
-	c.send(pm)
-}
+func (c *conn) sendFrame(frame []byte) { c.send(wsio.NewTextFrame(frame)) }
 
 // send queues a frame without ever blocking: a client whose queue is full is
 // too slow to keep up and is closed, so that it never slows the others.
-func (c *conn) send(pm *websocket.PreparedMessage) {
+func (c *conn) send(pm *wsio.Frame) {
 	c.mu.Lock()
 	if c.closing {
 		c.mu.Unlock()
@@ -254,26 +261,6 @@ func (c *conn) send(pm *websocket.PreparedMessage) {
 	}
 	c.queue = append(c.queue, pm)
 	c.wakeWriter()
-	c.mu.Unlock()
-}
-
-// burst queues what send queues inside f, then starts one writer for all
-// of it: a joiner's welcome, online list and replay go out in one system
-// call instead of racing a writer that starts after the first frame.
-func (c *conn) burst(f func()) {
-	c.mu.Lock()
-	held := !c.writing
-	c.writing = true // send queues but starts no writer
-	c.mu.Unlock()
-	f()
-	if !held {
-		return // a writer runs already: it takes the queue
-	}
-	c.mu.Lock()
-	c.writing = false
-	if len(c.queue) > 0 || c.pingDue {
-		c.wakeWriter()
-	}
 	c.mu.Unlock()
 }
 
@@ -319,7 +306,7 @@ func (c *conn) writeLoop() {
 
 // writeBatch writes a batch of frames, and a ping if one is due, in as few
 // system calls as the batch's size allows (see internal/wsio).
-func (c *conn) writeBatch(batch []*websocket.PreparedMessage, ping bool) error {
+func (c *conn) writeBatch(batch []*wsio.Frame, ping bool) error {
 	err := c.wc.WriteFrames(batch, ping)
 	if err == nil {
 		c.hub.metrics.delivered.Add(float64(len(batch)))

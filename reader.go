@@ -21,7 +21,7 @@ var errStopReading = errors.New("connection closed by the server")
 // ends it when the connection fails or breaks a rule.
 func (c *conn) readBurst() {
 	for {
-		if c.wc.CanPark() && c.wc.Idle() && c.park() {
+		if c.parkIfIdle() {
 			return
 		}
 		if err := c.readFrame(); err != nil {
@@ -57,6 +57,12 @@ func (c *conn) readFrame() error {
 	}
 	c.handleFrame(data)
 	return nil
+}
+
+// parkIfIdle parks the connection when it can park and nothing waits to
+// be read, and reports whether it did: the reader must then exit.
+func (c *conn) parkIfIdle() bool {
+	return c.wc.CanPark() && c.wc.Idle() && c.park()
 }
 
 // heard notes that the client is alive.

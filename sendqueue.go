@@ -1,6 +1,6 @@
 package chatroom
 
-import "github.com/gorilla/websocket"
+import "github.com/caddy-chatroom/chatroom/internal/wsio"
 
 // presenceKind says how a presence frame merges with the presence frames
 // already waiting in a member's queue.
@@ -44,7 +44,7 @@ func (w *waitingPresence) taken() {
 // waiting presence frame, and an event beyond maxWaitingPresence drops them
 // all for one online frame from refresh (which describes the room with this
 // event in it). Presence never makes a member a slow consumer.
-func (c *conn) sendPresence(pm *websocket.PreparedMessage, kind presenceKind, refresh func() *websocket.PreparedMessage) {
+func (c *conn) sendPresence(pm *wsio.Frame, kind presenceKind, refresh func() *wsio.Frame) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closing {

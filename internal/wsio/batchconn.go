@@ -7,6 +7,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/gorilla/websocket"
 )
 
 // maxBatchBytes bounds what one batch gathers before it is written out, so
@@ -32,6 +34,12 @@ type batchConn struct {
 	buf      *[]byte   // non-nil between begin and flush
 	deadline time.Time // of the open batch
 	closed   bool
+	// framed is set once the handshake response is written: from then on
+	// every Write is gorilla's, and carries one whole control frame.
+	framed bool
+	// closeSent is set once a close frame is written: no data frame may
+	// follow it (RFC 6455 §5.5.1).
+	closeSent bool
 	// socketDeadline is the write deadline the socket has. A flush moves
 	// it only when it falls short of the batch's by more than deadlineSlack,
 	// so that a busy connection does not update a runtime timer per batch.
@@ -99,10 +107,39 @@ func (b *batchConn) flushLocked() error {
 	return err
 }
 
-// Write implements net.Conn.
+// Write implements net.Conn. gorilla writes through it: the handshake
+// response, then control frames (ping, pong, close), one whole frame a call.
 func (b *batchConn) Write(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	n, err := b.writeLocked(p)
+	if err == nil && b.framed && len(p) > 0 && p[0]&0x0f == opClose {
+		b.closeSent = true
+	}
+	return n, err
+}
+
+// upgraded notes that the handshake response has been written.
+func (b *batchConn) upgraded() {
+	b.mu.Lock()
+	b.framed = true
+	b.mu.Unlock()
+}
+
+// writeFrame writes a data frame: into the open batch, or else straight to
+// the socket. It is refused with websocket.ErrCloseSent once a close frame
+// has gone out, as gorilla refuses its own writes then.
+func (b *batchConn) writeFrame(wire []byte) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closeSent {
+		return websocket.ErrCloseSent
+	}
+	_, err := b.writeLocked(wire)
+	return err
+}
+
+func (b *batchConn) writeLocked(p []byte) (int, error) {
 	if b.closed {
 		return 0, net.ErrClosed
 	}

@@ -38,6 +38,7 @@ func newConn(ws *websocket.Conn, t *Transport) Conn {
 	c := Conn{ws: ws, t: t}
 	c.out, _ = ws.NetConn().(*batchConn)
 	if c.out != nil {
+		c.out.upgraded()
 		c.br = readerOf(ws, c.out.br)
 	}
 	return c
@@ -49,26 +50,41 @@ func (c *Conn) WS() *websocket.Conn { return c.ws }
 
 // WriteFrames writes frames, and a ping if ping is set, within WriteWait,
 // in as few system calls as their size allows. It must not run
-// concurrently with itself.
-func (c *Conn) WriteFrames(frames []*websocket.PreparedMessage, ping bool) error {
+// concurrently with itself. Once a close frame has gone out it writes
+// nothing and returns websocket.ErrCloseSent.
+func (c *Conn) WriteFrames(frames []*Frame, ping bool) error {
 	deadline := time.Now().Add(WriteWait)
-	if c.out != nil {
-		c.out.begin(deadline)
-	} else if err := c.ws.SetWriteDeadline(deadline); err != nil {
-		return err
+	if c.out == nil {
+		return c.writeThroughGorilla(frames, ping, deadline)
 	}
+	c.out.begin(deadline)
 	err := c.writeFrames(frames, ping, deadline)
-	if c.out != nil {
-		if ferr := c.out.flush(); err == nil {
-			err = ferr
-		}
+	if ferr := c.out.flush(); err == nil {
+		err = ferr
 	}
 	return err
 }
 
-func (c *Conn) writeFrames(frames []*websocket.PreparedMessage, ping bool, deadline time.Time) error {
-	for _, pm := range frames {
-		if err := c.ws.WritePreparedMessage(pm); err != nil {
+func (c *Conn) writeFrames(frames []*Frame, ping bool, deadline time.Time) error {
+	for _, f := range frames {
+		if err := c.out.writeFrame(f.wire); err != nil {
+			return err
+		}
+	}
+	if ping {
+		return c.ws.WriteControl(websocket.PingMessage, nil, deadline)
+	}
+	return nil
+}
+
+// writeThroughGorilla writes frames on a connection that is not on a
+// batchConn, one system call each.
+func (c *Conn) writeThroughGorilla(frames []*Frame, ping bool, deadline time.Time) error {
+	if err := c.ws.SetWriteDeadline(deadline); err != nil {
+		return err
+	}
+	for _, f := range frames {
+		if err := c.ws.WriteMessage(websocket.TextMessage, f.Payload()); err != nil {
 			return err
 		}
 	}

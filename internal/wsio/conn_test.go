@@ -32,6 +32,10 @@ func upgradePair(t *testing.T) (*Conn, *websocket.Conn) {
 			t.Error(err)
 			return
 		}
+		if err := c.WriteFrames(nil, false); err != nil { // sends the held handshake
+			t.Error(err)
+			return
+		}
 		accepted <- &c
 	})}
 	go func() { _ = srv.Serve(ln) }()
@@ -132,13 +136,9 @@ func (f wakeFunc) Wake() { f() }
 // Conn and reads them back as a client.
 func TestWriteFramesAndCloseWith(t *testing.T) {
 	c, client := upgradePair(t)
-	var frames []*websocket.PreparedMessage
+	var frames []*Frame
 	for _, s := range []string{"one", "two", "three"} {
-		pm, err := websocket.NewPreparedMessage(websocket.TextMessage, []byte(s))
-		if err != nil {
-			t.Fatal(err)
-		}
-		frames = append(frames, pm)
+		frames = append(frames, NewTextFrame([]byte(s)))
 	}
 	if err := c.WriteFrames(frames, false); err != nil {
 		t.Fatal(err)

@@ -6,6 +6,9 @@
 //     sends them in one system call, through a buffer borrowed from a pool
 //     shared by every connection (pool.go), so an idle connection holds no
 //     write buffer.
+//   - Frames are encoded once (frame.go) and shared by every connection
+//     they go to; the handshake response waits in the first batch, so a
+//     joiner's handshake and first frames take one system call.
 //   - Reads can park (poller_linux.go): a connection with nothing to read
 //     needs no goroutine; one epoll instance per Transport wakes its owner
 //     when the client sends something.
@@ -14,7 +17,7 @@
 //     and pong frames beside gorilla. Both fail safe (no parking), and
 //     TestParkingAssumption fails loudly when a gorilla upgrade breaks them.
 //
-// The member (the root package's conn) uses only a Conn's methods: write a
-// batch of frames, close with a code, read messages through gorilla, and
+// The member (the root package's conn) uses only a Conn's methods and
+// Frame: write a batch of frames, close with a code, read messages through gorilla, and
 // ask to be woken when readable.
 package wsio

@@ -54,7 +54,11 @@ func NewUpgrader() websocket.Upgrader {
 }
 
 // Upgrade upgrades the request to a WebSocket connection on a batchConn. On
-// an error the upgrader has answered the client already. The Conn is
+// an error the upgrader has answered the client already.
+//
+// The handshake response is held back until the Conn's first WriteFrames,
+// CloseWith or Close, so that it goes out in one system call with the first
+// frames: the caller must do one of them, and soon. The Conn is
 // returned by value so that its owner can hold it inside its own struct (one
 // allocation less per idle connection); it must not be copied once used.
 func (t *Transport) Upgrade(u *websocket.Upgrader, w http.ResponseWriter, r *http.Request) (Conn, error) {
@@ -105,6 +109,8 @@ func (w hijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 		return nil, nil, err
 	}
 	bc := newBatchConn(nc, w.bufs)
+	// The handshake response waits for the first frames (see Upgrade).
+	bc.begin(time.Now().Add(WriteWait))
 	if brw.Reader.Buffered() == 0 {
 		// gorilla reads through this reader (it reuses a hijacked reader
 		// of more than 256 bytes when ReadBufferSize is 0), so that the
