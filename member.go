@@ -58,9 +58,9 @@ type conn struct {
 	ws       *websocket.Conn // wc's gorilla connection, for reading
 	hub      *hub
 	opts     connOptions
-	limiter  *rate.Limiter
+	limiter  *rate.Limiter // made on the first frame: most members only read
 	roomName string
-	logger   *zap.Logger
+	logger   *zap.Logger // the handler's, shared: see debug
 	via      *handlerRef // the handler it came through (reload.go)
 
 	// Guarded by room.mu.
@@ -107,16 +107,20 @@ func newConn(wc wsio.Conn, h *hub, roomName string, member chat.Member, opts con
 	}
 	c.writeLoopFn = c.writeLoop
 	c.readBurstFn = c.readBurst
-	c.limiter = rate.NewLimiter(opts.rateLimit, opts.rateBurst)
 	return c
 }
 
 // identify gives c its id. It runs before c is in a room, where other
-// goroutines may log through c.logger.
-func (c *conn) identify(id string) {
-	c.member.ID = id
-	// WithLazy: an encoder per connection only once it logs something.
-	c.logger = c.logger.WithLazy(zap.String("id", id), zap.String("room", c.roomName))
+// goroutines may read it; it never changes after.
+func (c *conn) identify(id string) { c.member.ID = id }
+
+// debug logs msg about c at debug level with its id and room. The fields
+// are made per message rather than kept in a logger of c's own, which
+// would cost every idle member a few hundred bytes.
+func (c *conn) debug(msg string, fields ...zap.Field) {
+	if ce := c.logger.Check(zap.DebugLevel, msg); ce != nil {
+		ce.Write(append(fields, zap.String("id", c.member.ID), zap.String("room", c.roomName))...)
+	}
 }
 
 // placeAt records that c joined r at index i of its members. The caller
@@ -144,7 +148,7 @@ func (c *conn) serve(ctx context.Context) {
 		c.teardown()
 		return
 	}
-	c.logger.Debug("connection opened")
+	c.debug("connection opened")
 	c.heard()
 	c.ws.SetPongHandler(func(string) error {
 		c.heard()
@@ -183,7 +187,7 @@ func (c *conn) teardown() {
 	if reason == "" {
 		reason = "client"
 	}
-	c.logger.Debug("connection closed", zap.String("reason", reason))
+	c.debug("connection closed", zap.String("reason", reason))
 }
 
 // noteReadError counts the ways a read ends that are the server's doing.
@@ -214,6 +218,9 @@ func (c *conn) handleFrame(data []byte) {
 	}
 	// A rename reaches every member too: it counts against the limit, or
 	// renames would flood a room past it.
+	if c.limiter == nil {
+		c.limiter = rate.NewLimiter(c.opts.rateLimit, c.opts.rateBurst)
+	}
 	if !c.limiter.Allow() {
 		c.hub.metrics.rateLimited.Inc()
 		c.sendFrame(errorMessage(ErrCodeRateLimited, "rate limit exceeded: at most "+c.opts.rateText+"; message dropped"))

@@ -90,7 +90,7 @@ func (c *conn) park() bool {
 		c.parked = false
 		c.mu.Unlock()
 		if stillParked {
-			c.logger.Debug("cannot park connection; reading on a goroutine", zap.Error(err))
+			c.debug("cannot park connection; reading on a goroutine", zap.Error(err))
 			return false
 		}
 		return true // finishClose has taken over

@@ -19,10 +19,13 @@ const WriteWait = 10 * time.Second
 // CloseWait bounds the write of a close frame or of a pong.
 const CloseWait = time.Second
 
-// readBufferSize is a connection's read buffer: room for a chat message or
-// two; larger frames are read through it in pieces. gorilla reuses the
-// hijacked reader only when it holds more than 256 bytes.
-const readBufferSize = 512
+// readBufferSize is a connection's read buffer, which every member holds,
+// idle or not: the smallest that gorilla takes over (it reuses the hijacked
+// reader only when it holds more than 256 bytes), rounded up to the
+// allocator's next size class. A short chat message and any ping or pong
+// fit; a larger frame is read in pieces, and one larger than the buffer
+// mostly straight into gorilla's message (bufio skips its buffer then).
+const readBufferSize = 288
 
 // Transport is what a set of connections shares: the batch buffers and the
 // poller that parked connections wait on. It outlives config reloads with
