@@ -63,6 +63,10 @@ func newBenchRoom(b *testing.B, n int) *benchRoom {
 			b.Error(err)
 			return
 		}
+		if err := wc.WriteFrames(nil, false); err != nil { // the held handshake
+			b.Error(err)
+			return
+		}
 		accepted <- wc
 	})}
 	go func() { _ = srv.Serve(ln) }()
@@ -82,6 +86,7 @@ func newBenchRoom(b *testing.B, n int) *benchRoom {
 		}
 		c := newConn(wc, br.hub, "bench", chat.Member{ID: strconv.Itoa(i + 1)}, opts, zap.NewNop())
 		c.room, c.index = r, i
+		c.writing = false // no serve here to hold the writer (newConn)
 		r.members = append(r.members, c)
 		br.members = append(br.members, c)
 		nc := cws.NetConn()
