@@ -27,6 +27,16 @@ func BenchmarkBroadcast(b *testing.B) {
 	}
 }
 
+// TestBroadcastBenchmarkRuns keeps BenchmarkBroadcast working, since CI
+// runs no benchmarks: its room is built without serve, so a change to how
+// a connection starts can break it unseen.
+func TestBroadcastBenchmarkRuns(t *testing.T) {
+	res := testing.Benchmark(func(b *testing.B) { benchBroadcast(b, 10) })
+	if res.N == 0 {
+		t.Fatal("BenchmarkBroadcast with 10 members failed; run go test -run '^$' -bench Broadcast to see why")
+	}
+}
+
 // benchRoom is a room of real connections: the server side of each is a
 // chat member, the client side only counts the bytes it reads.
 type benchRoom struct {
