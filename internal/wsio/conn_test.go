@@ -18,6 +18,15 @@ const testWait = 15 * time.Second
 // loopback, the server's made by a Transport.
 func upgradePair(t *testing.T) (*Conn, *websocket.Conn) {
 	t.Helper()
+	return upgradePairWith(t, func(c *Conn) error {
+		return c.WriteFrames(nil, false) // sends the held handshake
+	})
+}
+
+// upgradePairWith is upgradePair with first run on the server's Conn
+// before it is returned; first must release the held handshake.
+func upgradePairWith(t *testing.T, first func(*Conn) error) (*Conn, *websocket.Conn) {
+	t.Helper()
 	tr := NewTransport(zap.NewNop())
 	t.Cleanup(tr.Close)
 	u := NewUpgrader()
@@ -32,7 +41,7 @@ func upgradePair(t *testing.T) (*Conn, *websocket.Conn) {
 			t.Error(err)
 			return
 		}
-		if err := c.WriteFrames(nil, false); err != nil { // sends the held handshake
+		if err := first(&c); err != nil {
 			t.Error(err)
 			return
 		}

@@ -3,14 +3,11 @@ package wsio
 import (
 	"bytes"
 	"errors"
-	"net"
-	"net/http"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/gorilla/websocket"
-	"go.uber.org/zap"
 )
 
 // TestTextFrameLengths writes frames at each boundary of the length
@@ -67,39 +64,17 @@ func TestNoDataFrameAfterClose(t *testing.T) {
 // connection's batch until the first write, so that both go out in one
 // system call, and the first write releases it.
 func TestHandshakeWaitsForFirstFrames(t *testing.T) {
-	tr := NewTransport(zap.NewNop())
-	t.Cleanup(tr.Close)
-	u := NewUpgrader()
-	held := make(chan string, 1)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		c, err := tr.Upgrade(&u, w, r)
-		if err != nil {
-			t.Error(err)
-			return
-		}
+	var held string
+	_, client := upgradePairWith(t, func(c *Conn) error {
 		c.out.mu.Lock()
 		if c.out.buf != nil {
-			held <- string(*c.out.buf)
-		} else {
-			held <- ""
+			held = string(*c.out.buf)
 		}
 		c.out.mu.Unlock()
-		_ = c.WriteFrames([]*Frame{NewTextFrame([]byte("welcome"))}, false)
-	})}
-	go func() { _ = srv.Serve(ln) }()
-	t.Cleanup(func() { _ = srv.Close() })
-	d := websocket.Dialer{HandshakeTimeout: testWait}
-	client, _, err := d.Dial("ws://"+ln.Addr().String()+"/", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Close()
-	if h := <-held; !strings.HasPrefix(h, "HTTP/1.1 101 ") {
-		t.Fatalf("after Upgrade the batch holds %q, want the handshake response", h)
+		return c.WriteFrames([]*Frame{NewTextFrame([]byte("welcome"))}, false)
+	})
+	if !strings.HasPrefix(held, "HTTP/1.1 101 ") {
+		t.Fatalf("after Upgrade the batch holds %q, want the handshake response", held)
 	}
 	_ = client.SetReadDeadline(time.Now().Add(testWait))
 	if _, data, err := client.ReadMessage(); err != nil || string(data) != "welcome" {
