@@ -3,6 +3,7 @@ package testenv
 import (
 	"fmt"
 	"net"
+	"sync"
 	"time"
 )
 
@@ -11,14 +12,35 @@ import (
 // with a message rather than the go test timeout.
 const WaitLong = 15 * time.Second
 
-// FreePort returns a loopback TCP port that was free a moment ago.
+// handedOut is every port FreePort has returned in this test process.
+// Caddy listens with SO_REUSEPORT, so a port handed to two servers (the
+// kernel may offer a port again as soon as the probe closes it) would be
+// shared silently, and a client would reach either: a test once dialled
+// the chat and got Caddy's admin endpoint.
+var (
+	portsMu   sync.Mutex
+	handedOut = map[int]bool{}
+)
+
+// FreePort returns a loopback TCP port that was free a moment ago and that
+// it has not returned before in this process.
 func FreePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("finding a free port: %w", err)
+	portsMu.Lock()
+	defer portsMu.Unlock()
+	const tries = 50
+	for range tries {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return 0, fmt.Errorf("finding a free port: %w", err)
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		_ = l.Close()
+		if !handedOut[port] {
+			handedOut[port] = true
+			return port, nil
+		}
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
+	return 0, fmt.Errorf("finding a free port: %d tries offered only ports handed out before", tries)
 }
 
 // AwaitPort waits up to WaitLong until addr accepts TCP connections. It

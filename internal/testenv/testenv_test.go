@@ -56,3 +56,19 @@ func TestParseMetrics(t *testing.T) {
 		t.Fatal("a 2 MiB line was read without an error")
 	}
 }
+
+// TestFreePortNeverRepeats: two servers of one test must not share a port,
+// which Caddy's SO_REUSEPORT listeners would allow without an error.
+func TestFreePortNeverRepeats(t *testing.T) {
+	seen := map[int]bool{}
+	for i := range 200 {
+		port, err := FreePort()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if seen[port] {
+			t.Fatalf("call %d returned port %d again", i+1, port)
+		}
+		seen[port] = true
+	}
+}
