@@ -49,7 +49,8 @@ const (
 // conn is one chat member: a WebSocket connection in a room.
 //
 // It has no goroutine while idle: the handler's ServeHTTP returns once the
-// upgrade is done (so that the HTTP server's request state is freed), a
+// member has joined and been sent its first frames (so that the HTTP
+// server's request state is freed), a
 // reader runs only while the client sends (see reader.go), a writer only
 // while frames are queued, and the pings come from a timer. An idle member
 // costs this struct, gorilla's, and a small read buffer.
