@@ -379,3 +379,33 @@ func TestReadsPastOwnBurst(t *testing.T) {
 		return e.ev.Kind == chat.KindChat && e.ev.Msg == "after the burst"
 	})
 }
+
+// TestRelayWaitsForAnEntryInFlight: a number is reserved before its entry
+// is written, so a poll can find an entry missing and the next one there
+// (the writer set both between the reader's gets). The later entry must
+// not be delivered before the missing one: that would reorder one
+// sender's messages.
+func TestRelayWaitsForAnEntryInFlight(t *testing.T) {
+	skipShort(t)
+	mc, a, b := pair(t, "inflight:", 30*time.Second)
+	k := keySchema{prefix: "inflight:"}
+	p := partitionOf("r")
+	say := func(text string) string {
+		return forgedEntry(a.nodeID, "r", 0, chat.Event{Kind: chat.KindChat, ID: "1", Nick: "ann", Msg: text, Time: "1"})
+	}
+	last := mc.Incr(k.partition(p), 3) // three numbers reserved at once, as publishBatch does
+	mc.Set(k.entry(p, last-2), say("one"), 60)
+	mc.Set(k.entry(p, last), say("three"), 60)
+	got := b.host.await(t, "the first message", func(e hostEvent) bool { return e.ev.Kind == chat.KindChat })
+	if got.ev.Msg != "one" {
+		t.Fatalf("b was delivered %q first, want one", got.ev.Msg)
+	}
+	b.awaitPolls(t, 3) // the reader has seen "two" missing and "three" there
+	mc.Set(k.entry(p, last-1), say("two"), 60)
+	for _, want := range []string{"two", "three"} {
+		got := b.host.await(t, "message "+want, func(e hostEvent) bool { return e.ev.Kind == chat.KindChat })
+		if got.ev.Msg != want {
+			t.Fatalf("b was delivered %q, want %q: the relay reordered a sender's messages", got.ev.Msg, want)
+		}
+	}
+}

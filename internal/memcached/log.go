@@ -262,6 +262,11 @@ type partState struct {
 	old     uint64               // entries up to this one predate this instance: presence only
 	done    map[uint64]bool      // numbers at or above next already handled
 	missing map[uint64]time.Time // numbers found missing, since when
+	// held are entries read while a lower number was still missing (its
+	// writer reserved it and has not set it yet, or died): they wait, so
+	// that the partition is delivered in log order. At most maxPerPoll,
+	// the window wanted reads from next.
+	held map[uint64]*logEntry
 	// trusted is the counter when this instance last (re)started reading
 	// the partition: a number above it was reserved while the instance
 	// followed the partition, so an entry of it given up is a lost event;
@@ -278,7 +283,7 @@ type poller struct {
 func newPoller(r *Backend) *poller {
 	p := &poller{r: r}
 	for i := range p.parts {
-		p.parts[i] = &partState{done: make(map[uint64]bool), missing: make(map[uint64]time.Time)}
+		p.parts[i] = &partState{done: make(map[uint64]bool), missing: make(map[uint64]time.Time), held: make(map[uint64]*logEntry)}
 	}
 	return p
 }
@@ -363,9 +368,8 @@ func (p *poller) once(now time.Time) {
 			fetch[s] = append(fetch[s], r.keys.entry(i, n))
 		}
 	}
-	if len(fetch) == 0 {
-		return
-	}
+	// Even with nothing to fetch the loop below runs: an own entry found
+	// done may free what waited above it.
 	entries, failed := getFrom(fetch)
 	byRoom := make(map[string][]*logEntry)
 	var old []*logEntry
@@ -382,18 +386,40 @@ func (p *poller) once(now time.Time) {
 				p.noteMissing(i, st, n, now)
 				continue
 			}
-			st.done[n] = true
 			delete(st.missing, n)
 			e, err := decodeEntry(it.Value, r.lim)
 			if err != nil {
 				r.metrics.rejected("entry")
 				r.logger.Warn("ignoring a malformed relay entry in memcached", zap.String("key", key), zap.Error(err))
+				st.done[n] = true
 				continue
 			}
 			if e.Node == r.nodeID {
+				st.done[n] = true
 				continue
 			}
-			if n <= st.old {
+			st.held[n] = e
+		}
+		// What is read goes out in log order, up to the first number
+		// still missing; what lies above it waits for it.
+		for ; ; st.next++ {
+			if st.done[st.next] {
+				delete(st.done, st.next)
+				continue
+			}
+			e := st.held[st.next]
+			if e == nil && st.next <= st.old {
+				// Before this instance started: presence only, which
+				// the snapshots carry too. Read once; a hole here is
+				// an expired entry, not one to wait for.
+				delete(st.missing, st.next)
+				continue
+			}
+			if e == nil {
+				break
+			}
+			delete(st.held, st.next)
+			if st.next <= st.old {
 				if e.Event.Kind != chat.KindChat {
 					old = append(old, e)
 				}
@@ -404,7 +430,6 @@ func (p *poller) once(now time.Time) {
 			}
 			byRoom[e.Room] = append(byRoom[e.Room], e)
 		}
-		p.advance(st)
 	}
 	if len(old) > 0 {
 		r.applyOld(old, now)
@@ -493,7 +518,7 @@ func (p *poller) wanted(i int, cur uint64) []uint64 {
 	}
 	var want []uint64
 	for n := st.next; n <= cur && n-st.next < maxPerPoll; n++ {
-		if !st.done[n] {
+		if !st.done[n] && st.held[n] == nil {
 			want = append(want, n)
 		}
 	}
@@ -529,6 +554,7 @@ func (p *poller) reset(st *partState, next, cur uint64) {
 	st.old = 0
 	clear(st.done)
 	clear(st.missing)
+	clear(st.held)
 }
 
 // noteMissing records that entry n was not there; after logGapWait it is
