@@ -50,10 +50,10 @@ const (
 //
 // It has no goroutine while idle: the handler's ServeHTTP returns once the
 // member has joined and been sent its first frames (so that the HTTP
-// server's request state is freed), a
-// reader runs only while the client sends (see reader.go), a writer only
-// while frames are queued, and the pings come from a timer. An idle member
-// costs this struct, gorilla's, and a small read buffer.
+// server's request state is freed), a reader runs only while the client
+// sends (see reader.go), a writer only while frames are queued, and the
+// pings come from a timer. An idle member costs this struct, gorilla's,
+// and a small read buffer.
 type conn struct {
 	wc       wsio.Conn       // the transport: writes, close, parking; never copied
 	ws       *websocket.Conn // wc's gorilla connection, for reading
