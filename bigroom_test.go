@@ -6,7 +6,6 @@ package chatroom
 import (
 	"encoding/json"
 	"fmt"
-	"github.com/caddy-chatroom/chatroom/internal/testenv"
 	"net/http"
 	"strconv"
 	"sync"
@@ -14,6 +13,7 @@ import (
 	"time"
 
 	"github.com/caddy-chatroom/chatroom/internal/chat"
+	"github.com/caddy-chatroom/chatroom/internal/testenv"
 	"github.com/gorilla/websocket"
 )
 

@@ -8,13 +8,13 @@ package chatroom
 import (
 	"bytes"
 	"encoding/json"
-	"github.com/caddy-chatroom/chatroom/internal/chat"
 	"reflect"
 	"strings"
 	"testing"
 	"unicode"
 	"unicode/utf8"
 
+	"github.com/caddy-chatroom/chatroom/internal/chat"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 )
 

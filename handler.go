@@ -3,13 +3,13 @@ package chatroom
 import (
 	"context"
 	"fmt"
-	"github.com/caddy-chatroom/chatroom/internal/chat"
 	"net"
 	"net/http"
 	"net/url"
 	"strings"
 	"time"
 
+	"github.com/caddy-chatroom/chatroom/internal/chat"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/gorilla/websocket"

@@ -3,12 +3,12 @@ package chatroom
 import (
 	"context"
 	"errors"
-	"github.com/caddy-chatroom/chatroom/internal/chat"
-	"github.com/caddy-chatroom/chatroom/internal/wsio"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/caddy-chatroom/chatroom/internal/chat"
+	"github.com/caddy-chatroom/chatroom/internal/wsio"
 	"github.com/gorilla/websocket"
 	"go.uber.org/zap"
 )

@@ -8,8 +8,6 @@ package chatroom
 //	go run golang.org/x/perf/cmd/benchstat@latest old.txt new.txt
 
 import (
-	"github.com/caddy-chatroom/chatroom/internal/chat"
-	"github.com/caddy-chatroom/chatroom/internal/wsio"
 	"net"
 	"net/http"
 	"strconv"
@@ -17,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-chatroom/chatroom/internal/chat"
+	"github.com/caddy-chatroom/chatroom/internal/wsio"
 	"github.com/gorilla/websocket"
 	"go.uber.org/zap"
 )

@@ -5,9 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/caddy-chatroom/chatroom/internal/chat"
 	"strconv"
 	"strings"
+
+	"github.com/caddy-chatroom/chatroom/internal/chat"
 )
 
 // Error codes of refused frames (docs/protocol.md, "Errors").

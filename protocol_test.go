@@ -3,11 +3,12 @@ package chatroom
 import (
 	"encoding/json"
 	"errors"
-	"github.com/caddy-chatroom/chatroom/internal/chat"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/caddy-chatroom/chatroom/internal/chat"
 )
 
 func TestDecodeInbound(t *testing.T) {

@@ -3,12 +3,13 @@ package chatroom
 import (
 	"container/list"
 	"context"
-	"github.com/caddy-chatroom/chatroom/internal/chat"
-	"github.com/caddy-chatroom/chatroom/internal/cluster"
 	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/caddy-chatroom/chatroom/internal/chat"
+	"github.com/caddy-chatroom/chatroom/internal/cluster"
 )
 
 // Registry is where the rooms of one instance meet the rest of the cluster:

@@ -3,9 +3,10 @@ package memcached
 import (
 	"crypto/sha256"
 	"encoding/hex"
-	"github.com/caddy-chatroom/chatroom/internal/chat"
 	"hash/fnv"
 	"strconv"
+
+	"github.com/caddy-chatroom/chatroom/internal/chat"
 )
 
 // keySchema names every memcached key the backend uses. All of them start
