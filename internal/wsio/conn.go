@@ -16,7 +16,7 @@ import (
 // reader the owner runs at a time.
 type Conn struct {
 	ws  *websocket.Conn
-	out *batchConn    // ws's net.Conn when Upgrade made it; else nil
+	out *batchConn    // ws's net.Conn, which the hijacker made
 	br  *bufio.Reader // gorilla's read buffer when it is out's; else nil: no parking
 	t   *Transport
 
@@ -34,14 +34,9 @@ type Waker interface {
 	Wake()
 }
 
-func newConn(ws *websocket.Conn, t *Transport) Conn {
-	c := Conn{ws: ws, t: t}
-	c.out, _ = ws.NetConn().(*batchConn)
-	if c.out != nil {
-		c.out.upgraded()
-		c.br = readerOf(ws, c.out.br)
-	}
-	return c
+func newConn(ws *websocket.Conn, out *batchConn, t *Transport) Conn {
+	out.upgraded()
+	return Conn{ws: ws, out: out, br: readerOf(ws, out.br), t: t}
 }
 
 // WS is the gorilla connection, for reading messages and for the read
@@ -54,9 +49,6 @@ func (c *Conn) WS() *websocket.Conn { return c.ws }
 // nothing and returns websocket.ErrCloseSent.
 func (c *Conn) WriteFrames(frames []*Frame, ping bool) error {
 	deadline := time.Now().Add(WriteWait)
-	if c.out == nil {
-		return c.writeThroughGorilla(frames, ping, deadline)
-	}
 	c.out.begin(deadline)
 	err := c.writeFrames(frames, ping, deadline)
 	if ferr := c.out.flush(); err == nil {
@@ -68,23 +60,6 @@ func (c *Conn) WriteFrames(frames []*Frame, ping bool) error {
 func (c *Conn) writeFrames(frames []*Frame, ping bool, deadline time.Time) error {
 	for _, f := range frames {
 		if err := c.out.writeFrame(f.wire); err != nil {
-			return err
-		}
-	}
-	if ping {
-		return c.ws.WriteControl(websocket.PingMessage, nil, deadline)
-	}
-	return nil
-}
-
-// writeThroughGorilla writes frames on a connection that is not on a
-// batchConn, one system call each.
-func (c *Conn) writeThroughGorilla(frames []*Frame, ping bool, deadline time.Time) error {
-	if err := c.ws.SetWriteDeadline(deadline); err != nil {
-		return err
-	}
-	for _, f := range frames {
-		if err := c.ws.WriteMessage(websocket.TextMessage, f.Payload()); err != nil {
 			return err
 		}
 	}

@@ -2,6 +2,7 @@ package wsio
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -69,7 +70,15 @@ func (t *Transport) Upgrade(u *websocket.Upgrader, w http.ResponseWriter, r *htt
 	if err != nil {
 		return Conn{}, fmt.Errorf("websocket upgrade: %w", err)
 	}
-	return newConn(ws, t), nil
+	out, ok := ws.NetConn().(*batchConn)
+	if !ok {
+		// Data frames go straight into the batchConn, so a gorilla that
+		// wrapped the hijacked connection would be bypassed: refuse
+		// rather than interleave (every test of this package fails).
+		_ = ws.Close()
+		return Conn{}, errors.New("websocket upgrade: gorilla does not run on the hijacked connection")
+	}
+	return newConn(ws, out, t), nil
 }
 
 // poller returns the poller that parked connections wait on, starting it on
