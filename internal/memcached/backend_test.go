@@ -366,10 +366,7 @@ func TestCloseStopsGoroutines(t *testing.T) {
 // each of two instances heard nothing from the other one).
 func TestReadsPastOwnBurst(t *testing.T) {
 	skipShort(t)
-	_, a, b := twoBackends(t, "burst:", 30*time.Second)
-	a.join("r", "1", "")
-	b.join("r", "2", "")
-	a.host.await(t, "join of 2", func(e hostEvent) bool { return e.ev.Kind == chat.KindJoin && e.ev.ID == "2" })
+	_, a, b := pair(t, "burst:", 30*time.Second)
 	for i := 0; i < 3*maxPerPoll; i++ {
 		a.Publish("r", chatEv("1", chatText(i)))
 	}

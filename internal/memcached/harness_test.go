@@ -164,6 +164,17 @@ func twoBackends(t testing.TB, prefix string, ttl time.Duration) (*testenv.TestM
 }
 
 // join publishes a member joining room, as the hub does.
+// pair starts a memcached and two backends on it with a member each in
+// room r.
+func pair(t *testing.T, prefix string, ttl time.Duration) (mc *testenv.TestMemcached, a, b *testBackend) {
+	mc, a, b = twoBackends(t, prefix, ttl)
+	a.join("r", "1", "ann")
+	b.join("r", "2", "bob")
+	b.host.await(t, "join of 1", func(e hostEvent) bool { return e.ev.Kind == chat.KindJoin && e.ev.ID == "1" })
+	a.host.await(t, "join of 2", func(e hostEvent) bool { return e.ev.Kind == chat.KindJoin && e.ev.ID == "2" })
+	return mc, a, b
+}
+
 func (r *testBackend) join(room, id, nick string) {
 	r.Warm(context.Background(), room)
 	r.Publish(room, &chat.Event{Kind: chat.KindJoin, ID: id, Nick: nick})

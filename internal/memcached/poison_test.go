@@ -35,17 +35,6 @@ func crosses(t *testing.T, a, b *testBackend, room, from, text string) {
 	b.host.await(t, "chat "+text, func(e hostEvent) bool { return e.room == room && e.ev.Msg == text })
 }
 
-// pair starts a memcached and two backends on it with a member each in
-// room r.
-func pair(t *testing.T, prefix string, ttl time.Duration) (mc *testenv.TestMemcached, a, b *testBackend) {
-	mc, a, b = twoBackends(t, prefix, ttl)
-	a.join("r", "1", "ann")
-	b.join("r", "2", "bob")
-	b.host.await(t, "join of 1", func(e hostEvent) bool { return e.ev.Kind == chat.KindJoin && e.ev.ID == "1" })
-	a.host.await(t, "join of 2", func(e hostEvent) bool { return e.ev.Kind == chat.KindJoin && e.ev.ID == "2" })
-	return mc, a, b
-}
-
 func TestPoisonedCounterAtMax(t *testing.T) {
 	skipShort(t)
 	mc, a, b := pair(t, "pc:", 30*time.Second)
