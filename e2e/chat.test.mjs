@@ -165,6 +165,38 @@ async function awaitOnline(page, ids) {
   }
 }
 
+// openDroppable opens room in a new page of context whose WebSocket goes
+// through Playwright, which passes frames on (recording those from the
+// server) and can cut the connection: routes holds each connection's URL,
+// frames and ends; every connection after the first waits for openGate().
+async function openDroppable(context, room) {
+  const page = await context.newPage();
+  const routes = [];
+  let openGate;
+  const gate = new Promise((resolve) => { openGate = resolve; });
+  await page.routeWebSocket(/\/ws/, async (ws) => {
+    const route = { ws, url: new URL(ws.url()), frames: [] };
+    routes.push(route);
+    if (routes.length > 1) await gate; // hold the reconnect until the test says
+    route.server = ws.connectToServer();
+    route.server.onMessage((data) => {
+      route.frames.push(JSON.parse(data));
+      ws.send(data);
+    });
+  });
+  await page.goto(`${BASE}/?room=${encodeURIComponent(room)}`, { timeout: WAIT });
+  await awaitConnected(page, 1);
+  const id = (await page.locator('#my-id').textContent()).replace(/^#/, '');
+  // drop cuts the first connection as a network would, and waits for the
+  // page to notice.
+  const drop = async () => {
+    await routes[0].ws.close({ code: 4000, reason: 'test drop' });
+    routes[0].server.close();
+    await awaitNotice(page, 'Disconnected');
+  };
+  return { page, routes, openGate, id, drop };
+}
+
 function assertNoProblems(...chats) {
   for (const c of chats) assert.deepEqual(c.problems, [], 'no script errors on the page');
 }
@@ -515,25 +547,12 @@ test('works with the keyboard alone', { timeout: TEST_TIMEOUT }, async () => {
 });
 
 test('a reconnect does not repeat the history the server replays', { timeout: TEST_TIMEOUT }, async () => {
-  // The server keeps running (history 50); only A's connection drops. A's
-  // WebSocket goes through Playwright, which passes frames on to the real
-  // server and can cut the connection.
+  // The server keeps running (history 50); only A's connection drops.
   const room = uniqueRoom('replay');
   const b = await openChat(room);
   const context = await browser.newContext({ viewport: { width: 760, height: 560 } });
   try {
-    const page = await context.newPage();
-    const routes = [];
-    let openGate;
-    const gate = new Promise((resolve) => { openGate = resolve; });
-    await page.routeWebSocket(/\/ws/, async (ws) => {
-      routes.push(ws);
-      if (routes.length > 1) await gate; // hold the reconnect until B has spoken
-      routes[routes.length - 1].server = ws.connectToServer();
-    });
-    await page.goto(`${BASE}/?room=${encodeURIComponent(room)}`, { timeout: WAIT });
-    await awaitConnected(page, 1);
-    const aid = (await page.locator('#my-id').textContent()).replace(/^#/, '');
+    const { page, openGate, id: aid, drop } = await openDroppable(context, room);
     await awaitOnline(b.page, [aid, b.id]);
 
     await send(b.page, 'one');
@@ -542,9 +561,7 @@ test('a reconnect does not repeat the history the server replays', { timeout: TE
     await send(page, 'three');
     await awaitMessage(b.page, 'three');
 
-    await routes[0].close({ code: 4000, reason: 'test drop' });
-    routes[0].server.close();
-    await awaitNotice(page, 'Disconnected');
+    await drop();
     await awaitOnline(b.page, [b.id]);
     await send(b.page, 'while you were away');
     openGate();
@@ -563,30 +580,12 @@ test('a reconnect does not repeat the history the server replays', { timeout: TE
 });
 
 test('a page resumes with since after its socket drops: nothing missed, nothing twice', { timeout: TEST_TIMEOUT }, async () => {
-  // Only A's connection drops; the server keeps running. A's WebSocket goes
-  // through Playwright, which passes frames on (and records those from the
-  // server) and can cut the connection.
+  // Only A's connection drops; the server keeps running.
   const room = uniqueRoom('resume');
   const b = await openChat(room);
   const context = await browser.newContext({ viewport: { width: 760, height: 560 } });
   try {
-    const page = await context.newPage();
-    const routes = [];
-    let openGate;
-    const gate = new Promise((resolve) => { openGate = resolve; });
-    await page.routeWebSocket(/\/ws/, async (ws) => {
-      const route = { ws, url: new URL(ws.url()), frames: [] };
-      routes.push(route);
-      if (routes.length > 1) await gate; // hold the reconnect until B has spoken
-      route.server = ws.connectToServer();
-      route.server.onMessage((data) => {
-        route.frames.push(JSON.parse(data));
-        ws.send(data);
-      });
-    });
-    await page.goto(`${BASE}/?room=${encodeURIComponent(room)}`, { timeout: WAIT });
-    await awaitConnected(page, 1);
-    const aid = (await page.locator('#my-id').textContent()).replace(/^#/, '');
+    const { page, routes, openGate, id: aid, drop } = await openDroppable(context, room);
     await awaitOnline(b.page, [aid, b.id]);
     assert.equal(routes[0].url.searchParams.has('since'), false, 'a first connection does not resume');
 
@@ -598,9 +597,7 @@ test('a page resumes with since after its socket drops: nothing missed, nothing 
     await send(page, 'three'); // A's own: in the replay under its old id
     await awaitMessage(b.page, 'three');
 
-    await routes[0].ws.close({ code: 4000, reason: 'test drop' });
-    routes[0].server.close();
-    await awaitNotice(page, 'Disconnected');
+    await drop();
     await awaitOnline(b.page, [b.id]);
     const away = ['away 1', 'away 2', 'away 3'];
     for (const m of away) await send(b.page, m);
