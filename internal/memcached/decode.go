@@ -3,12 +3,11 @@ package memcached
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"strconv"
-	"unicode/utf8"
 
 	"github.com/caddy-chatroom/chatroom/internal/chat"
+	"github.com/caddy-chatroom/chatroom/internal/cluster"
 )
 
 // Every value read from memcached is input: anyone who can write to
@@ -20,15 +19,12 @@ import (
 // Size caps of values read back.
 const (
 	maxCounterLen   = 20 // digits of a uint64
-	maxIDLen        = 20
 	maxIndexBytes   = 64 << 10
 	maxIndexNodes   = 1024
 	maxHeaderBytes  = 1 << 10
 	maxChunkBytes   = 256 << 10 // also what a chunk is filled to when written
 	maxChunks       = 64        // 16 MB of presence per instance
 	maxHistoryBytes = 900 << 10 // under memcached's 1 MB item size
-	// maxSeq keeps Seq within what JavaScript numbers hold exactly.
-	maxSeq = 1<<53 - 1
 )
 
 // limits are the bounds that depend on configuration.
@@ -37,8 +33,11 @@ type limits struct {
 	maxMessage int
 }
 
+// cluster returns the bounds in the form the shared checks take.
+func (l limits) cluster() cluster.Limits { return cluster.Limits{MaxMessage: l.maxMessage} }
+
 // errRejected is wrapped by every decoding failure.
-var errRejected = errors.New("rejected value")
+var errRejected = cluster.ErrRejected
 
 func reject(format string, args ...any) error {
 	return fmt.Errorf("%w: "+format, append([]any{errRejected}, args...)...)
@@ -58,20 +57,8 @@ func parseCounter(value []byte) (uint64, error) {
 	return n, nil
 }
 
-// validNodeID reports whether s is a node id as randomNodeID makes them:
-// 16 lowercase hex digits, and so a legal key part.
-func validNodeID(s string) bool {
-	if len(s) != 16 {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
-			return false
-		}
-	}
-	return true
-}
+// validNodeID reports whether s is a node id (cluster.ValidNodeID).
+func validNodeID(s string) bool { return cluster.ValidNodeID(s) }
 
 // parseIndex reads the index of instances: the valid node ids it lists
 // (at most maxIndexNodes, without duplicates), and whether anything was
@@ -93,97 +80,21 @@ func parseIndex(value []byte) (ids []string, dropped bool) {
 	return ids, dropped
 }
 
-// validID reports whether s is a connection id: decimal, 1 to 20 digits.
-func validID(s string) bool {
-	if len(s) == 0 || len(s) > maxIDLen {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		if s[i] < '0' || s[i] > '9' {
-			return false
-		}
-	}
-	return true
-}
+// validID reports whether s is a connection id (cluster.ValidID).
+func validID(s string) bool { return cluster.ValidID(s) }
 
-// checkMember checks a member read back: its id, and names that the
-// handler itself would have produced.
-func checkMember(m chat.Member) error {
-	if !validID(m.ID) {
-		return reject("member id %.30q", m.ID)
-	}
-	if m.Nick != "" {
-		if clean, err := chat.CleanName(m.Nick); err != nil || clean != m.Nick {
-			return reject("nick %.30q", m.Nick)
-		}
-	}
-	if m.User != "" && chat.CleanUser(m.User) != m.User {
-		return reject("user %.30q", m.User)
-	}
-	return nil
-}
+// checkMember checks a member read back (cluster.CheckMember).
+func checkMember(m chat.Member) error { return cluster.CheckMember(m) }
 
-// checkEvent checks an event read back.
-func checkEvent(ev *chat.Event, lim limits) error {
-	if ev == nil {
-		return reject("no event")
-	}
-	switch ev.Kind {
-	case chat.KindChat:
-		if ev.Msg == "" || len(ev.Msg) > lim.maxMessage || !utf8.ValidString(ev.Msg) {
-			return reject("chat text of %d bytes", len(ev.Msg))
-		}
-		if ev.Time != "" && !validID(ev.Time) {
-			return reject("time %.30q", ev.Time)
-		}
-		if ev.Seq > maxSeq {
-			return reject("seq %d", ev.Seq)
-		}
-	case chat.KindJoin, chat.KindLeave, chat.KindNick:
-		if ev.Msg != "" || ev.Seq != 0 || ev.Time != "" {
-			return reject("%s event with chat fields", ev.Kind)
-		}
-	default:
-		return reject("kind %.20q", ev.Kind)
-	}
-	return checkMember(ev.Member())
-}
+// checkEvent checks an event read back (cluster.CheckEvent).
+func checkEvent(ev *chat.Event, lim limits) error { return cluster.CheckEvent(ev, lim.cluster()) }
 
 // logEntry is the value of a relay log entry.
-type logEntry struct {
-	// Node is the instance that published the event.
-	Node string `json:"node"`
-	// Gen orders the presence changes of Node (see presence.go).
-	Gen uint64 `json:"gen,omitempty"`
-	// Room is the room the event happened in.
-	Room string `json:"room"`
-	// Event is the event itself.
-	Event *chat.Event `json:"ev"`
-}
+type logEntry = cluster.Entry
 
-// maxEntryBytes bounds an entry: a chat text of max_message_size, each
-// byte escaped in JSON at worst as \u00XX, and the rest.
-func (l limits) maxEntryBytes() int { return 6*l.maxMessage + 2048 }
-
-// decodeEntry parses and checks a log entry.
+// decodeEntry parses and checks a log entry (cluster.DecodeEntry).
 func decodeEntry(value []byte, lim limits) (*logEntry, error) {
-	if len(value) > lim.maxEntryBytes() {
-		return nil, reject("entry of %d bytes", len(value))
-	}
-	var e logEntry
-	if err := json.Unmarshal(value, &e); err != nil {
-		return nil, reject("entry: %v", err)
-	}
-	if !validNodeID(e.Node) {
-		return nil, reject("entry node %.30q", e.Node)
-	}
-	if !chat.ValidRoom(e.Room) {
-		return nil, reject("entry room %.70q", e.Room)
-	}
-	if err := checkEvent(e.Event, lim); err != nil {
-		return nil, err
-	}
-	return &e, nil
+	return cluster.DecodeEntry(value, lim.cluster())
 }
 
 // header is the value of an instance's presence header.
