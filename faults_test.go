@@ -186,12 +186,13 @@ func TestFrameViolationsClose(t *testing.T) {
 	}
 }
 
-// TestRateLimit: messages over rate_limit get a rate_limited error frame
-// and are not relayed; the connection stays. The proof that the excess was
-// not relayed is a marker: the sender handles its frames in order, so once
-// it has the error frame for its last one, everything it relayed is queued
-// for the others; a third member's message sent then reaches the receiver
-// right after the allowed messages.
+// TestRateLimit: messages over rate_limit get one rate_limited error frame
+// per interval and are not relayed; the connection stays. The proof that
+// the excess was not relayed is a marker: the sender handles its frames in
+// order, so once it has the invalid_json error for a bad frame sent after
+// the excess, everything it relayed is queued for the others; a third
+// member's message sent then reaches the receiver right after the allowed
+// messages.
 func TestRateLimit(t *testing.T) {
 	p := startCaddy(t, faultSite("rate_limit 3 1h"))
 	for _, tc := range []struct {
@@ -215,11 +216,14 @@ func TestRateLimit(t *testing.T) {
 			for i := range 5 {
 				a.send(tc.frame(i))
 			}
-			for i := range 2 {
-				f := a.next()
-				if f.str("error") != ErrCodeRateLimited || f.str("msg_source") != "server" || f.str("msg") == "" {
-					t.Fatalf("a's frame %d after 5 frames is %v, want a rate_limited error frame", i, f)
-				}
+			a.sendRaw(websocket.TextMessage, []byte("not json"))
+			if f := a.next(); f.str("error") != ErrCodeRateLimited || f.str("msg_source") != "server" || f.str("msg") == "" {
+				t.Fatalf("a's frame after 5 frames is %v, want a rate_limited error frame", f)
+			}
+			// The second frame over the limit is dropped without a word:
+			// one notice per interval.
+			if f := a.next(); f.str("error") != ErrCodeInvalidJSON {
+				t.Fatalf("a's next frame is %v, want the invalid_json error for the bad frame", f)
 			}
 			marker.send(map[string]any{"msg": "marker"})
 			for i := range 3 {
@@ -238,6 +242,38 @@ func TestRateLimit(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestRateLimitedBurstStays: a client that reads but bursts far past
+// rate_limit is told once per interval and is never closed as a slow
+// consumer for the server's replies to it (the protocol says the
+// connection stays). Without coalescing, a burst of renames fills its send
+// queue with rate_limited frames faster than they are written.
+func TestRateLimitedBurstStays(t *testing.T) {
+	p := startCaddy(t, faultSite("rate_limit 3 1h", "send_queue 16"))
+	rc := joinRoom(t, p.url("ws", "/ws"), 2)
+	a, b := rc.clients[0], rc.clients[1]
+	const burst = 1000
+	for i := range burst {
+		a.send(map[string]any{"nick": fmt.Sprintf("n%d", i)})
+	}
+	a.sendRaw(websocket.TextMessage, []byte("not json"))
+	notices := 0
+	for {
+		f := a.next()
+		if f.str("error") == ErrCodeInvalidJSON {
+			break
+		}
+		if f.str("error") == ErrCodeRateLimited {
+			notices++
+		}
+	}
+	if notices != 1 {
+		t.Fatalf("a got %d rate_limited frames for a burst of %d renames over the limit, want 1 (one per interval)", notices, burst-3)
+	}
+	b.send(map[string]any{"msg": "still there?"})
+	a.await("b's message", isChat(rc.ids[1], "still there?"))
+	p.awaitMetric(seriesLimited, "the dropped renames counted", func(v float64) bool { return v == burst-3 })
 }
 
 // TestSlowConsumerClosed: a client that stops reading fills its send queue

@@ -26,7 +26,8 @@ type connOptions struct {
 	pingInterval time.Duration
 	rateLimit    rate.Limit
 	rateBurst    int
-	rateText     string // "20 per 1s", for the error frame
+	rateInterval time.Duration // rate_limit's interval
+	rateText     string        // "20 per 1s", for the error frame
 	nickLocked   bool
 	resume       resumeRequest // what the client asked for with since
 
@@ -59,7 +60,7 @@ type conn struct {
 	ws       *websocket.Conn // wc's gorilla connection, for reading
 	hub      *hub
 	opts     connOptions
-	limiter  *rate.Limiter // made on the first frame: most members only read
+	limit    *sendLimit // made on the first frame: most members only read
 	roomName string
 	logger   *zap.Logger // the handler's, shared: see debug
 	via      *handlerRef // the handler it came through (reload.go)
@@ -219,12 +220,15 @@ func (c *conn) handleFrame(data []byte) {
 	}
 	// A rename reaches every member too: it counts against the limit, or
 	// renames would flood a room past it.
-	if c.limiter == nil {
-		c.limiter = rate.NewLimiter(c.opts.rateLimit, c.opts.rateBurst)
+	if c.limit == nil {
+		c.limit = newSendLimit(c.opts)
 	}
-	if !c.limiter.Allow() {
+	if ok, notify := c.limit.allow(time.Now()); !ok {
 		c.hub.metrics.rateLimited.Inc()
-		c.sendFrame(errorMessage(ErrCodeRateLimited, "rate limit exceeded: at most "+c.opts.rateText+"; message dropped"))
+		if notify {
+			c.sendFrame(errorMessage(ErrCodeRateLimited, "rate limit exceeded: at most "+c.opts.rateText+
+				"; messages over it are dropped, and this is said once per "+c.limit.interval.String()))
+		}
 		return
 	}
 	if in.hasNick() {

@@ -191,6 +191,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		pingInterval: time.Duration(h.PingInterval),
 		rateLimit:    rate.Every(time.Duration(h.RateLimit.Interval) / time.Duration(h.RateLimit.Messages)),
 		rateBurst:    h.RateLimit.Messages,
+		rateInterval: time.Duration(h.RateLimit.Interval),
 		rateText:     strconv.Itoa(h.RateLimit.Messages) + " per " + time.Duration(h.RateLimit.Interval).String(),
 
 		presenceLimit: h.PresenceLimit,
