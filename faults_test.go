@@ -458,10 +458,12 @@ func TestBadRoomName(t *testing.T) {
 }
 
 // TestOriginPolicy: without `origins` only the site's own origin (or none)
-// may connect; with a list only those; with `*` any. Others get 403 before
-// the upgrade.
+// may connect; with a list only those, compared with default ports filled
+// in (a browser sends https://chat.example for a listed
+// https://chat.example:443), "*." entries matching subdomains; with `*`
+// any. Others get 403 before the upgrade.
 func TestOriginPolicy(t *testing.T) {
-	p := startCaddy(t, "\tchatroom /default\n\tchatroom /list {\n\t\torigins https://chat.example http://other.example:8080\n\t}\n\tchatroom /any {\n\t\torigins *\n\t}\n\troot * {{root}}\n\tfile_server")
+	p := startCaddy(t, "\tchatroom /default\n\tchatroom /list {\n\t\torigins https://chat.example:443 http://other.example:8080 https://*.rooms.example\n\t}\n\tchatroom /any {\n\t\torigins *\n\t}\n\troot * {{root}}\n\tfile_server")
 	self := fmt.Sprintf("http://127.0.0.1:%d", p.Port)
 	cases := []struct {
 		path, origin string
@@ -473,6 +475,14 @@ func TestOriginPolicy(t *testing.T) {
 		{"/default", fmt.Sprintf("http://127.0.0.1:%d", p.Port+1), false},
 		{"/default", "null", false},
 		{"/list", "https://chat.example", true},
+		{"/list", "https://chat.example:443", true},
+		{"/list", "https://a.rooms.example", true},
+		{"/list", "https://a.b.rooms.example:443", true},
+		{"/list", "https://rooms.example", false},
+		{"/list", "https://evilrooms.example", false},
+		{"/list", "http://a.rooms.example", false},
+		{"/list", "https://a.rooms.example:8443", false},
+		{"/list", "https://*.rooms.example", false},
 		{"/list", "HTTPS://CHAT.EXAMPLE", true},
 		{"/list", "http://other.example:8080", true},
 		{"/list", "http://chat.example", false},
@@ -505,6 +515,44 @@ func TestOriginPolicy(t *testing.T) {
 			t.Run(fmt.Sprintf("%s %s", tc.path, tc.origin), func(t *testing.T) {
 				checkRefusal(t, resp, http.StatusForbidden, "not allowed")
 			})
+		}
+	}
+}
+
+// TestDNSRebindingPin: on a catch-all site the default origin rule trusts
+// Host, so a rebound attacker's page (Host and Origin both its own) passes,
+// as the README's Security section says; `origins` pins the expected
+// origin and refuses it, while the real origin, default port written or
+// not, still passes.
+func TestDNSRebindingPin(t *testing.T) {
+	p := startCaddy(t, faultSite())
+	catchAll := fmt.Sprintf("{\n\tadmin %s\n\tpersist_config off\n}\n\nhttp://:%d {\n\tbind 127.0.0.1\n\tchatroom /ws\n\tchatroom /pinned {\n\t\torigins http://chat.example:80\n\t}\n}\n", p.Admin, p.Port)
+	if err := p.c.Reload(catchAll); err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		path, host, origin string
+		allowed            bool
+	}{
+		{"/ws", "evil.example", "http://evil.example", true}, // the documented hole
+		{"/pinned", "evil.example", "http://evil.example", false},
+		{"/pinned", "evil.example", "http://chat.example", true}, // Host plays no part once pinned
+		{"/pinned", "chat.example", "http://chat.example", true},
+	}
+	for _, tc := range cases {
+		header := http.Header{"Host": {tc.host}, "Origin": {tc.origin}}
+		c, resp, err := tryDial(t, p.url("ws", tc.path), header)
+		switch {
+		case tc.allowed && err != nil:
+			t.Errorf("%s with Host %q, Origin %q: refused (%v), want allowed", tc.path, tc.host, tc.origin, err)
+		case tc.allowed:
+			c.login()
+			_ = c.conn.Close()
+		case err == nil:
+			_ = c.conn.Close()
+			t.Errorf("%s with Host %q, Origin %q: allowed, want 403", tc.path, tc.host, tc.origin)
+		default:
+			checkRefusal(t, resp, http.StatusForbidden, "not allowed")
 		}
 	}
 }

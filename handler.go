@@ -96,11 +96,11 @@ func refuse(w http.ResponseWriter, status int, reason string) {
 // (non-browser clients) are allowed either way.
 func (h *Handler) originAllowed(r *http.Request) bool {
 	origin := r.Header.Get("Origin")
-	if origin == "" || h.anyOrig {
+	if origin == "" {
 		return true
 	}
-	if len(h.origins) > 0 {
-		return h.origins[strings.ToLower(origin)]
+	if len(h.Origins) > 0 {
+		return h.origins.allows(origin)
 	}
 	return sameOrigin(origin, r)
 }

@@ -3,7 +3,6 @@ package chatroom
 import (
 	"fmt"
 	"net"
-	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -65,9 +64,12 @@ type Handler struct {
 	// change its name. Default: none.
 	User string `json:"user,omitempty"`
 
-	// Origins lists the allowed Origin header values (scheme://host[:port]),
-	// or "*" for any. Default: the request's own host. Requests without an
-	// Origin header (non-browser clients) are always allowed.
+	// Origins lists the allowed Origin header values: scheme://host[:port]
+	// (compared with default ports filled in, so https://x and
+	// https://x:443 are one origin), scheme://*.domain[:port] for any
+	// subdomain of domain, or "*" for any. Default: the request's own host.
+	// Requests without an Origin header (non-browser clients) are always
+	// allowed.
 	Origins []string `json:"origins,omitempty"`
 
 	// History is how many of a room's last chat messages a joining client
@@ -123,8 +125,7 @@ type Handler struct {
 	logger    *zap.Logger
 	upgrader  websocket.Upgrader
 	opts      connOptions
-	origins   map[string]bool
-	anyOrig   bool
+	origins   originSet
 }
 
 // RateLimit is a number of chat messages per interval.
@@ -177,13 +178,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.ref = h.hub.attach(func() string { return handlerLocation(mods, h) })
 
-	h.origins = make(map[string]bool, len(h.Origins))
-	for _, o := range h.Origins {
-		if o == "*" {
-			h.anyOrig = true
-		}
-		h.origins[strings.ToLower(o)] = true
-	}
+	h.origins = newOriginSet(h.Origins)
 	h.upgrader = wsio.NewUpgrader()
 	h.opts = connOptions{
 		history:      h.History,
@@ -291,21 +286,6 @@ func checkHostPort(addr string) error {
 	}
 	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
 		return fmt.Errorf("memcached server %q: bad port %q", addr, port)
-	}
-	return nil
-}
-
-// checkOrigin checks an allowed origin: "*" or scheme://host[:port].
-func checkOrigin(o string) error {
-	if o == "*" {
-		return nil
-	}
-	u, err := url.Parse(o)
-	if err != nil {
-		return fmt.Errorf("origin %q: %w", o, err)
-	}
-	if u.Scheme != "http" && u.Scheme != "https" || u.Host == "" || u.Path != "" || u.RawQuery != "" || u.Fragment != "" || u.User != nil {
-		return fmt.Errorf("origin %q: want scheme://host[:port] with scheme http or https, or *", o)
 	}
 	return nil
 }

@@ -46,3 +46,23 @@ func TestSameOriginScheme(t *testing.T) {
 		}
 	}
 }
+
+// TestCheckOriginWildcard: a wildcard is accepted only as the whole first
+// label of a domain name.
+func TestCheckOriginWildcard(t *testing.T) {
+	for o, ok := range map[string]bool{
+		"https://*.example.com":      true,
+		"https://*.example.com:8443": true,
+		"https://x:443":              true,
+		"https://*":                  false,
+		"https://*.com":              false,
+		"https://a*.example.com":     false,
+		"https://a.*.example.com":    false,
+		"https://*.*.example.com":    false,
+		"https://*.127.0.0.1":        false,
+	} {
+		if err := checkOrigin(o); (err == nil) != ok {
+			t.Errorf("checkOrigin(%q) = %v, want ok %v", o, err, ok)
+		}
+	}
+}
