@@ -40,6 +40,22 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		refuse(w, http.StatusForbidden, fmt.Sprintf("origin %q is not allowed", r.Header.Get("Origin")))
 		return nil
 	}
+	var member chat.Member
+	if h.User != "" {
+		// An empty result is no user at all: the client may choose a
+		// nick, which never travels as `user`. A name the rules would
+		// change is refused rather than shown as something else: two
+		// users must never share one verified name.
+		raw := repl.ReplaceAll(h.User, "")
+		user, err := chat.VerifyUser(raw)
+		if err != nil {
+			// %+.40q: the reason names the input, ASCII-escaped and
+			// cut, whatever the identity provider sent.
+			refuse(w, http.StatusForbidden, fmt.Sprintf("the authenticated user name %+.40q cannot be a chat name: %v", raw, err))
+			return nil
+		}
+		member.User, member.Nick = user, user
+	}
 	if !h.hub.roomOpen(roomName, *h.MaxRooms) {
 		refuse(w, http.StatusServiceUnavailable, "too many chat rooms open; try again later")
 		return nil
@@ -49,15 +65,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return nil
 	}
 
-	var member chat.Member
 	opts := h.opts
-	if h.User != "" {
-		// An empty result is no user at all: the client may choose a nick,
-		// which never travels as `user`.
-		member.User = chat.CleanUser(repl.ReplaceAll(h.User, ""))
-		member.Nick = member.User
-		opts.nickLocked = member.User != ""
-	}
+	opts.nickLocked = member.User != ""
 	opts.resume = parseSince(r.URL.RawQuery, time.Now())
 
 	wc, err := h.transport.Upgrade(&h.upgrader, w, r)

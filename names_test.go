@@ -7,6 +7,7 @@ package chatroom
 
 import (
 	"fmt"
+	"io"
 	"net/http"
 	"strings"
 	"testing"
@@ -59,10 +60,10 @@ func TestUserNamesApartFromNicks(t *testing.T) {
 	observer := dial(t, p.url("ws", "/ws"), http.Header{"X-User": {"olga"}})
 	oid, _ := observer.login()
 
-	alice := dial(t, p.url("ws", "/ws"), http.Header{"X-User": {"  alice\u202E "}})
+	alice := dial(t, p.url("ws", "/ws"), http.Header{"X-User": {"alice"}})
 	welcome := alice.next()
 	if welcome.str("user") != "alice" || welcome.str("nick") != "alice" {
-		t.Fatalf("alice's welcome %v, want user and nick alice (cleaned)", welcome)
+		t.Fatalf("alice's welcome %v, want user and nick alice", welcome)
 	}
 	aliceOnline := alice.next()
 	aid := welcome.str("id")
@@ -75,7 +76,7 @@ func TestUserNamesApartFromNicks(t *testing.T) {
 	}
 
 	// Two spoofers: no header at all, and a header of invisible characters.
-	for i, header := range []http.Header{nil, {"X-User": {"\u200B\u2028"}}} {
+	for i, header := range []http.Header{nil, {"X-User": {""}}} {
 		s := dial(t, p.url("ws", "/ws"), header)
 		sw := s.next()
 		sid := sw.str("id")
@@ -121,6 +122,45 @@ func TestUserNamesApartFromNicks(t *testing.T) {
 	alice.send(map[string]any{"nick": "bob"})
 	if f := alice.await("an error frame", func(f frame) bool { return f.str("error") != "" }); f.str("error") != "nick_locked" {
 		t.Fatalf("alice got %v, want nick_locked", f)
+	}
+}
+
+// TestUserNamesNeverChanged: a `user` name that the name rules would
+// change (characters dropped, normalised into another string, cut) is
+// refused with 403 and a reason before the upgrade, so that no two user
+// ids are ever shown as one verified name; a name the rules keep as it is
+// passes unchanged.
+func TestUserNamesNeverChanged(t *testing.T) {
+	p := startCaddy(t, chatSite("\t\tuser {http.request.header.X-User}"))
+	long := strings.Repeat("a", 32)
+	for _, user := range []string{
+		"alice\u200B", "ad\u00ADmin", "root\u202E", long + "-one", long + "-two",
+		"Zoe\u0308", "\u200B\u2028", strings.Repeat("é", 33),
+	} {
+		c, resp, err := tryDial(t, p.url("ws", "/ws"), http.Header{"X-User": {user}})
+		if err == nil {
+			t.Errorf("user %+q: connected, welcome %v, want 403", user, c.next())
+			continue
+		}
+		if resp == nil || resp.StatusCode != http.StatusForbidden {
+			t.Errorf("user %+q: %v (response %v), want 403", user, err, resp)
+			continue
+		}
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		if !strings.Contains(string(body), "cannot be a chat name") {
+			t.Errorf("user %+q: 403 with %q, want the reason", user, body)
+		}
+	}
+	for _, user := range []string{"admin", "bob@example.com", strings.Repeat("é", 32)} {
+		c := dial(t, p.url("ws", "/ws"), http.Header{"X-User": {user}})
+		if w := c.next(); w.str("user") != user {
+			t.Errorf("user %q: welcome %v, want that user unchanged", user, w)
+		}
+		c.next() // online
+		c.send(map[string]any{"nick": "x"})
+		if f := c.await("nick refused", func(f frame) bool { return f.str("error") != "" }); f.str("error") != "nick_locked" {
+			t.Errorf("user %q: nick change got %v, want nick_locked", user, f)
+		}
 	}
 }
 

@@ -26,7 +26,8 @@ var (
 // them a control (Cc), format (Cf: bidirectional overrides, zero-width
 // characters), line (Zl) or paragraph (Zp) separator, and at least one of
 // them visible. Names from every source pass this rule: chosen nicks,
-// authenticated `user` names and names read back from a cluster relay.
+// authenticated `user` names (VerifyUser: unchanged by it, or refused) and
+// names read back from a cluster relay.
 func CleanName(s string) (string, error) {
 	if !utf8.ValidString(s) {
 		return "", ErrNameForbidden
@@ -48,24 +49,28 @@ func CleanName(s string) (string, error) {
 	return s, nil
 }
 
-// CleanUser turns a resolved `user` template into an authenticated name: cut
-// to MaxNameRunes after the characters CleanName forbids are dropped. It
-// returns "" when nothing visible is left, which callers treat as no user.
-func CleanUser(s string) string {
-	s = strings.Map(func(r rune) rune {
-		if forbiddenInName(r) || r == utf8.RuneError {
-			return -1
-		}
-		return r
-	}, norm.NFC.String(s))
-	s = strings.TrimSpace(s)
-	if utf8.RuneCountInString(s) > MaxNameRunes {
-		s = strings.TrimSpace(string([]rune(s)[:MaxNameRunes]))
+// ErrUserChanged is the reason a `user` name is refused: the name rules
+// would show it as another string.
+var ErrUserChanged = errors.New("user name is not shown as given by the name rules (white space around it, or not NFC-normalised)")
+
+// VerifyUser checks a resolved `user` template as an authenticated name.
+// The name is taken exactly as given or not at all: one that CleanName
+// refuses, or would change (trimming, normalisation), is an error, never a
+// cleaned name, because two different user ids must never be shown as one
+// verified name ("ad" U+00AD "min" is not "admin", and two ids sharing 32
+// characters are not one person). An empty s is no user and no error.
+func VerifyUser(s string) (string, error) {
+	if s == "" {
+		return "", nil
 	}
-	if name, err := CleanName(s); err == nil {
-		return name
+	name, err := CleanName(s)
+	if err != nil {
+		return "", err
 	}
-	return ""
+	if name != s {
+		return "", ErrUserChanged
+	}
+	return name, nil
 }
 
 // forbiddenInName reports the characters no name may hold.

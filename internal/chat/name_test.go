@@ -51,17 +51,24 @@ func TestCleanNameRefuses(t *testing.T) {
 	}
 }
 
-func TestCleanUser(t *testing.T) {
-	for in, want := range map[string]string{
-		"  carol\a ":            "carol",
-		strings.Repeat("é", 80): strings.Repeat("é", 32),
-		"\u202Eadmin":           "admin",
-		"\u200B":                "",
-		"":                      "",
-		"a\u2028b":              "ab",
+func TestVerifyUser(t *testing.T) {
+	for _, ok := range []string{"alice", "Zoë", strings.Repeat("é", 32), "a b", "bob@example.com"} {
+		if got, err := VerifyUser(ok); err != nil || got != ok {
+			t.Errorf("VerifyUser(%q) = %q, %v, want it unchanged", ok, got, err)
+		}
+	}
+	if got, err := VerifyUser(""); got != "" || err != nil {
+		t.Errorf("VerifyUser(\"\") = %q, %v, want no user and no error", got, err)
+	}
+	long := strings.Repeat("u", 32)
+	for _, bad := range []string{
+		"alice\u200B", "ad\u00ADmin", "root\u202E", "  carol ", "carol\a",
+		long + "-one", long + "-two", strings.Repeat("é", 33),
+		"Zoe\u0308", // NFC makes it Zoë: another string than given
+		"\u200B", " ", "a\u2028b", "\xff",
 	} {
-		if got := CleanUser(in); got != want {
-			t.Errorf("CleanUser(%q) = %q, want %q", in, got, want)
+		if got, err := VerifyUser(bad); err == nil {
+			t.Errorf("VerifyUser(%q) = %q, want an error", bad, got)
 		}
 	}
 }
@@ -78,8 +85,8 @@ func FuzzCleanName(f *testing.F) {
 		if again, err := CleanName(got); err != nil || again != got {
 			t.Fatalf("CleanName(%q) = %q is not stable: %q, %v", s, got, again, err)
 		}
-		if u := CleanUser(s); u != got {
-			t.Fatalf("CleanUser(%q) = %q, but CleanName accepts it as %q", s, u, got)
+		if u, err := VerifyUser(s); (err == nil) != (got == s) || err == nil && u != s {
+			t.Fatalf("VerifyUser(%q) = %q, %v, but CleanName makes it %q", s, u, err, got)
 		}
 	})
 }

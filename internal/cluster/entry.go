@@ -79,7 +79,7 @@ func CheckMember(m chat.Member) error {
 			return reject("nick %.30q", m.Nick)
 		}
 	}
-	if m.User != "" && chat.CleanUser(m.User) != m.User {
+	if _, err := chat.VerifyUser(m.User); err != nil {
 		return reject("user %.30q", m.User)
 	}
 	return nil

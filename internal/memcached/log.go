@@ -44,6 +44,11 @@ const (
 	// instance reads when it starts, for presence changes newer than the
 	// snapshots.
 	startWindow = 256
+	// maxPartitionCounter is the highest partition counter followed.
+	// Seeds are microseconds since 1970 (about 2^51 today), so a counter
+	// above it is forged: reading it, a first look's window and its
+	// arithmetic would wrap at 2^64, and a writer re-seeds it.
+	maxPartitionCounter = uint64(1) << 62
 	// maxOutbox bounds the events held while memcached is unreachable;
 	// beyond it the oldest are dropped.
 	maxOutbox = 4096
@@ -208,7 +213,7 @@ func (r *Backend) publishBatch(batch []outboxEntry) []outboxEntry {
 // A counter that cannot hold n more (forged near 2^64) is reset.
 func (r *Backend) reserve(s *server, key string, n uint64) (uint64, error) {
 	last, err := s.incr(key, n)
-	if err == nil && last < n || err != nil && !isMiss(err) && !unavailable(err) {
+	if err == nil && (last < n || last > maxPartitionCounter) || err != nil && !isMiss(err) && !unavailable(err) {
 		// memcached wraps counters at 2^64, and refuses to increment
 		// a value that is not a number: start over from a seed.
 		r.metrics.rejected("counter")
@@ -354,9 +359,14 @@ func (p *poller) once(now time.Time) {
 			continue
 		}
 		cur, err := parseCounter(it.Value)
+		if err == nil && cur > maxPartitionCounter {
+			err = reject("partition counter %d over %d", cur, maxPartitionCounter)
+		}
 		if err != nil {
 			r.metrics.rejected("counter")
 			r.logger.Warn("ignoring a malformed relay counter in memcached", zap.String("key", key), zap.Error(err))
+			// A writer re-seeds it: its first entries then are news.
+			st.gone = true
 			continue
 		}
 		// Past this instance's own entries first: a window of maxPerPoll

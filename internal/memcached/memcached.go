@@ -63,6 +63,10 @@ const maxHeartbeat = 5 * time.Second
 // so that its late events are not taken for news.
 const deadNodeMemory = 10 * time.Minute
 
+// startWait bounds how long Start holds up the first join for the first
+// heartbeat and poll.
+const startWait = 2 * time.Second
+
 // ErrClosed is returned by Start after Close.
 var ErrClosed = errors.New("memcached backend closed")
 
@@ -197,16 +201,32 @@ func (r *Backend) Start(host cluster.Handler) error {
 	// The first heartbeat registers this instance before its first member
 	// joins, so that a joiner elsewhere finds both together; the first
 	// poll learns where the partitions stand, so that what is published
-	// from now on is news.
+	// from now on is news. Both wait at most startWait: whatever memcached
+	// holds or however slowly it answers, the first joiners go on, and
+	// the relay catches up in the background. What they publish meanwhile
+	// waits in the outbox.
+	ready := make(chan struct{})
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		r.beat()
+		p := newPoller(r)
+		p.once(time.Now())
+		close(ready)
+		r.wg.Add(3)
+		go r.heartbeatLoop()
+		go r.publishLoop()
+		go p.loop()
+	}()
 	r.mu.Unlock()
-	r.beat()
-	p := newPoller(r)
-	p.once(time.Now())
+	t := time.NewTimer(startWait)
+	defer t.Stop()
+	select {
+	case <-ready:
+	case <-t.C:
+		r.logger.Warn("memcached backend still starting: joins go on, the relay catches up", zap.Duration("after", startWait))
+	}
 	r.mu.Lock()
-	r.wg.Add(3)
-	go r.heartbeatLoop()
-	go r.publishLoop()
-	go p.loop()
 	return nil
 }
 
