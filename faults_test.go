@@ -194,7 +194,7 @@ func TestFrameViolationsClose(t *testing.T) {
 // member's message sent then reaches the receiver right after the allowed
 // messages.
 func TestRateLimit(t *testing.T) {
-	p := startCaddy(t, faultSite("rate_limit 3 1h"))
+	p := startCaddy(t, faultSite("rate_limit 3 1h", "room {query.room}"))
 	for _, tc := range []struct {
 		name  string
 		frame func(i int) map[string]any
@@ -210,7 +210,9 @@ func TestRateLimit(t *testing.T) {
 			}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			rc := joinRoom(t, p.url("ws", "/ws"), 3)
+			// A room of its own: the leaves of the other case's
+			// members must not come between a's frames.
+			rc := joinRoom(t, p.url("ws", "/ws?room=limit-"+tc.name), 3)
 			a, b, marker := rc.clients[0], rc.clients[1], rc.clients[2]
 			aid := rc.ids[0]
 			for i := range 5 {

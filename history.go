@@ -129,8 +129,12 @@ func (h *roomHistory) since(after uint64) ([]*chat.Event, bool) {
 }
 
 // markGap records that this instance may have missed events of the room
-// up to now: a client resuming from before now is told its replay may be
+// with seqs up to through, or, with through 0, up to the next one it
+// records: a client resuming from before it is told its replay may be
 // incomplete.
-func (h *roomHistory) markGap(now time.Time) {
-	h.floor = max(h.floor, uint64(max(now.UnixMicro(), 0)))
+func (h *roomHistory) markGap(through uint64) {
+	if through == 0 {
+		through = h.last + 1
+	}
+	h.floor = max(h.floor, through)
 }

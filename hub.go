@@ -192,12 +192,12 @@ func (h *hub) leave(c *conn) {
 	}
 }
 
-// chat sends a chat message from c to the other members of its room.
+// chat sends a chat message from c to the other members of its room. The
+// registry gives it its place in the room's order (one order for every
+// member on every instance) and hands it back through DeliverWith; c
+// reads its member without a lock because only c's reader changes it.
 func (h *hub) chat(c *conn, text string) {
-	r := c.room
-	r.mu.Lock()
-	h.publish(r, chat.NewChat(c.member, text, time.Now()), c)
-	r.mu.Unlock()
+	h.reg.Chat(c.room.name, chat.NewChat(c.member, text, time.Now()))
 }
 
 // rename changes c's display name and tells the other members.
@@ -210,14 +210,6 @@ func (h *hub) rename(c *conn, nick string) {
 	}
 	c.setNick(nick)
 	h.publishPresence(r, chat.NewPresence(chat.KindNick, c.member), c)
-}
-
-// publish hands ev to the registry and fans it out to the local members of
-// r except the sender. The registry goes first: it gives a chat event the
-// seq that its frame carries. The caller holds r.mu.
-func (h *hub) publish(r *room, ev *chat.Event, sender *conn) {
-	h.reg.Publish(r.name, ev)
-	r.broadcast(encodeFrame(ev), sender)
 }
 
 // DeliverWith implements Host: it runs update under the lock that orders
@@ -242,11 +234,26 @@ func (h *hub) DeliverWith(name string, update func() []*chat.Event) {
 			continue // being removed: a joiner will make a fresh room
 		}
 		for _, ev := range update() {
-			h.deliverLocal(r, ev, nil)
+			h.deliverLocal(r, ev, r.author(ev))
 		}
 		r.mu.Unlock()
 		return
 	}
+}
+
+// author returns the local member that wrote chat event ev, who is not
+// sent its own message; nil for other events and remote authors. The
+// caller holds r.mu.
+func (r *room) author(ev *chat.Event) *conn {
+	if ev.Kind != chat.KindChat {
+		return nil
+	}
+	for _, c := range r.members {
+		if c.member.ID == ev.ID {
+			return c
+		}
+	}
+	return nil
 }
 
 // broadcast queues one frame for every member but except. The frame is

@@ -26,6 +26,8 @@ type metrics struct {
 	memcachedRejected *prometheus.CounterVec
 	// relaySkipped counts relay log entries given up.
 	relaySkipped prometheus.Counter
+	// chatLost counts chat seqs a room's order gave up waiting for.
+	chatLost prometheus.Counter
 }
 
 const metricsNamespace = "caddy"
@@ -56,6 +58,8 @@ func newMetrics() *metrics {
 			"Values read from memcached and dropped as malformed, oversized, out of range or forged, by what they were.")), []string{"value"}),
 		relaySkipped: prometheus.NewCounter(prometheus.CounterOpts(opts("relay_entries_skipped_total",
 			"Times the cluster relay gave log entries up: never written, expired, or beyond what one poll reads after a counter jumped."))),
+		chatLost: prometheus.NewCounter(prometheus.CounterOpts(opts("chat_messages_lost_total",
+			"Chat messages of other instances that a room's order waited for in vain and gave up (a writer that died, an entry lost with a memcached server); a counter made anew counts once."))),
 	}
 	for _, kind := range memcached.RequestKinds {
 		m.memcachedRequests.WithLabelValues(kind)
@@ -73,7 +77,7 @@ func newMetrics() *metrics {
 // earlier provisioning of the same config) are fine.
 func (m *metrics) register(reg prometheus.Registerer) error {
 	for _, c := range []prometheus.Collector{m.connections, m.rooms, m.received, m.rateLimited, m.delivered, m.dropped, m.memcachedErrors,
-		m.memcachedRequests, m.memcachedRejected, m.relaySkipped} {
+		m.memcachedRequests, m.memcachedRejected, m.relaySkipped, m.chatLost} {
 		if err := reg.Register(c); err != nil {
 			var already prometheus.AlreadyRegisteredError
 			if !errors.As(err, &already) {
@@ -91,5 +95,6 @@ func (m *metrics) memcached() *memcached.Metrics {
 		Errors:   m.memcachedErrors,
 		Rejected: m.memcachedRejected,
 		Skipped:  m.relaySkipped,
+		Lost:     m.chatLost,
 	}
 }

@@ -32,11 +32,16 @@ type Registry interface {
 	// loads the room's history and presence from the cluster when this
 	// instance has no member there yet.
 	Warm(ctx context.Context, room string)
-	// Publish hands an event that happened on this instance to the other
-	// instances, and records chat events in the room's history, giving
-	// them their seq first (see roomHistory.stamp): the hub encodes the
-	// frame after Publish returns. Events of one room are published in the
-	// order they happened.
+	// Chat gives a chat message of this instance its place in the
+	// room's order, cluster-wide, with the seq its frame carries, records
+	// it in the room's history, and delivers it through Host.DeliverWith
+	// to the room's local members but its author, once every message
+	// before it in that order is delivered. It may wait on the network
+	// and is called without locks.
+	Chat(room string, ev *chat.Event)
+	// Publish hands a presence event (join, leave, nick) that happened
+	// on this instance to the other instances. Events of one room are
+	// published in the order they happened.
 	Publish(room string, ev *chat.Event)
 	// History returns at most n of the room's latest chat events, oldest
 	// first.
@@ -77,6 +82,7 @@ const maxIdleHistoryRooms = 4096
 // history in memory, no remote members. A cluster backend keeps this
 // instance's copy of each room's history in one (cluster.History).
 type embeddedRegistry struct {
+	host   Host
 	lastID atomic.Uint64
 	keep   atomic.Int64
 	window atomic.Int64 // time.Duration; 0 until KeepWindow
@@ -91,7 +97,19 @@ func newEmbeddedRegistry() *embeddedRegistry {
 }
 
 // Start implements Registry.
-func (r *embeddedRegistry) Start(Host) error { return nil }
+func (r *embeddedRegistry) Start(host Host) error {
+	r.host = host
+	return nil
+}
+
+// Chat implements Registry: on one instance the room's lock is the order.
+// The seq is stamped under it, so that seqs rise in the order members see.
+func (r *embeddedRegistry) Chat(room string, ev *chat.Event) {
+	r.host.DeliverWith(room, func() []*chat.Event {
+		r.Publish(room, ev)
+		return []*chat.Event{ev}
+	})
+}
 
 // NewID implements Registry.
 func (r *embeddedRegistry) NewID(context.Context) string {
@@ -136,9 +154,9 @@ func (r *embeddedRegistry) Window() time.Duration {
 	return DefaultResumeWindow
 }
 
-// Publish implements Registry: a chat event is stamped with its seq and
-// kept. An event from another instance (the memcached registry records
-// those here too) keeps the seq it has.
+// Publish implements Registry and cluster.History: a chat event is
+// stamped with its seq, unless a relay gave it one, and kept. Presence
+// events go nowhere: there is no other instance.
 func (r *embeddedRegistry) Publish(room string, ev *chat.Event) {
 	if ev.Kind != chat.KindChat {
 		return
@@ -161,13 +179,14 @@ func (r *embeddedRegistry) Since(room string, after uint64) ([]*chat.Event, bool
 	return h.since(after)
 }
 
-// MarkGap implements cluster.History: it records that events of room up to now may be missing here, so
-// that a resume from before now is not called complete.
-func (r *embeddedRegistry) MarkGap(room string) {
+// MarkGap implements cluster.History: it records that chat events of room
+// up to seq through (0: up to the next one) may be missing here, so that a
+// resume from before it is not called complete.
+func (r *embeddedRegistry) MarkGap(room string, through uint64) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if h := r.roomHistory(room, false); h != nil {
-		h.markGap(time.Now())
+		h.markGap(through)
 	}
 }
 
@@ -209,9 +228,10 @@ func (r *embeddedRegistry) Close() error { return nil }
 func (r *embeddedRegistry) Kept() int { return int(r.keep.Load()) }
 
 // Replace implements cluster.History: a cluster backend sets the history
-// of a room this instance had no member in to what the cluster holds. When
-// events is empty, what the room said before is unknown here.
-func (r *embeddedRegistry) Replace(room string, events []*chat.Event) {
+// of a room this instance had no member in to what the cluster holds, as
+// of the room's seq through. What came before the first event, and what
+// came after the last up to through, is unknown here.
+func (r *embeddedRegistry) Replace(room string, events []*chat.Event, through uint64) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	h := r.roomHistory(room, true)
@@ -219,9 +239,14 @@ func (r *embeddedRegistry) Replace(room string, events []*chat.Event) {
 	now := time.Now()
 	keep, window := int(r.keep.Load()), r.Window()
 	for _, ev := range events {
-		h.add(ev, now, keep, window)
+		if through == 0 || ev.Seq <= through {
+			h.add(ev, now, keep, window)
+		}
 	}
-	if len(events) == 0 {
-		h.markGap(now)
+	if through > h.last {
+		h.floor = through
+		h.last = through
+	} else if len(events) == 0 {
+		h.markGap(0)
 	}
 }

@@ -26,16 +26,18 @@ type Handler interface {
 // History is this instance's copy of each room's chat history, which a
 // relay keeps warm with the chat events of other instances.
 type History interface {
-	// Publish records a chat event of room. An event from another
-	// instance carries its Seq already and is recorded as it is.
+	// Publish records a chat event of room, in the room's order, with
+	// the Seq the relay gave it.
 	Publish(room string, ev *chat.Event)
 	// History returns at most n of the room's latest chat events, oldest
 	// first.
 	History(room string, n int) []*chat.Event
 	// Replace sets the room's history to events, oldest first: what a
 	// relay loaded from the cluster for a room this instance had no
-	// member in.
-	Replace(room string, events []*chat.Event)
+	// member in. through is the room's seq counter when it was loaded
+	// (0 when unknown): messages up to it that events lack are missing
+	// here.
+	Replace(room string, events []*chat.Event, through uint64)
 	// KeepHistory raises the number of chat events kept per room to at
 	// least n.
 	KeepHistory(n int)
@@ -49,7 +51,8 @@ type History interface {
 	KeepWindow(d time.Duration)
 	// Window is how long chat events are kept for resumes.
 	Window() time.Duration
-	// MarkGap records that a relay may have lost events of room up to
-	// now, so that a resume from before now is not called complete.
-	MarkGap(room string)
+	// MarkGap records that a relay may have lost chat events of room
+	// with seqs up to through, so that a resume from before it is not
+	// called complete; through 0 means up to the next one recorded.
+	MarkGap(room string, through uint64)
 }

@@ -122,6 +122,10 @@ type Entry struct {
 	Room string `json:"room"`
 	// Event is the event itself.
 	Event *chat.Event `json:"ev"`
+	// Jump marks a chat event whose seq is the first of a room counter
+	// made anew (after a memcached restart or eviction): the seqs below
+	// it that have not arrived never will (see Orderer).
+	Jump bool `json:"jump,omitempty"`
 }
 
 // DecodeEntry parses and checks a relayed entry.

@@ -89,8 +89,8 @@ func TestRelaysEventsInOrder(t *testing.T) {
 	a.join("other", "3", "")
 	const n = 200
 	for i := 0; i < n; i++ {
-		a.Publish("r", chatEv("1", chatText(i)))
-		a.Publish("other", chatEv("3", "elsewhere"))
+		a.Chat("r", chatEv("1", chatText(i)))
+		a.Chat("other", chatEv("3", "elsewhere"))
 	}
 	for i := 0; i < n; i++ {
 		e := b.host.await(t, "chat "+strconv.Itoa(i), func(e hostEvent) bool { return e.ev.Kind == chat.KindChat })
@@ -101,21 +101,21 @@ func TestRelaysEventsInOrder(t *testing.T) {
 	// Nothing is delivered twice, however long the room stays quiet:
 	// a few polls later, a marker shows what came in between.
 	b.awaitPolls(t, 5)
-	a.Publish("r", chatEv("1", "marker"))
+	a.Chat("r", chatEv("1", "marker"))
 	b.host.await(t, "marker", func(e hostEvent) bool {
 		if e.ev.Kind == chat.KindChat && e.ev.Msg != "marker" {
 			t.Fatalf("b was delivered %q again", e.ev.Msg)
 		}
 		return e.ev.Msg == "marker"
 	})
-	b.Publish("r", chatEv("2", "from b"))
-	got := a.host.await(t, "chat from b", func(e hostEvent) bool { return e.ev.Kind == chat.KindChat })
+	b.Chat("r", chatEv("2", "from b"))
+	got := a.host.await(t, "chat from b", func(e hostEvent) bool { return e.ev.Kind == chat.KindChat && e.ev.ID == "2" })
 	if got.ev.Msg != "from b" {
 		t.Fatalf("a got %q, want the chat from b", got.ev.Msg)
 	}
 	for _, e := range b.host.drain() {
-		if e.ev.Kind == chat.KindChat {
-			t.Fatalf("b was delivered a chat (%q) that it published itself or that belongs to another room", e.ev.Msg)
+		if e.ev.Kind == chat.KindChat && e.ev.ID != "2" {
+			t.Fatalf("b was delivered a chat (%q) of another instance twice or of a room it does not host", e.ev.Msg)
 		}
 	}
 }
@@ -188,7 +188,7 @@ func TestHistoryClusterWide(t *testing.T) {
 	a.KeepHistory(5)
 	a.join("r", "1", "")
 	for i := 0; i < 8; i++ {
-		a.Publish("r", chatEv("1", chatText(i)))
+		a.Chat("r", chatEv("1", chatText(i)))
 		if i == 3 {
 			a.Publish("r", &chat.Event{Kind: chat.KindJoin, ID: "4"})
 		}
@@ -216,7 +216,7 @@ func TestKeysAndClose(t *testing.T) {
 	b := newTestBackend(t, []string{mc.Addr}, "keys:", 30*time.Second)
 	a.KeepHistory(3)
 	a.join("r.1_x-Y", "1", "")
-	a.Publish("r.1_x-Y", chatEv("1", "hi"))
+	a.Chat("r.1_x-Y", chatEv("1", "hi"))
 	_ = a.NewID(context.Background())
 	b.join("r.1_x-Y", "2", "")
 	a.host.await(t, "join of 2", func(e hostEvent) bool { return e.ev.Kind == chat.KindJoin && e.ev.ID == "2" })
@@ -227,7 +227,7 @@ func TestKeysAndClose(t *testing.T) {
 	isNum := func(s string) bool { _, err := strconv.ParseUint(s, 10, 64); return err == nil }
 	pattern := func(k string) bool {
 		switch {
-		case k == "foreign:key", k == "keys:unrelated", k == "keys:id", k == "keys:nodes", k == "keys:hist:r.1_x-Y":
+		case k == "foreign:key", k == "keys:unrelated", k == "keys:id", k == "keys:nodes", k == "keys:hist:r.1_x-Y", k == "keys:seq:r.1_x-Y":
 			return true
 		}
 		f := strings.Split(k, ":")
@@ -295,7 +295,7 @@ func TestDownAtStartThenUp(t *testing.T) {
 	if v, _ := strconv.ParseUint(id, 10, 64); v < fallbackIDBase {
 		t.Fatalf("id while memcached is down = %s, want one from the fallback range", id)
 	}
-	a.Publish("r", chatEv("1", "said while down"))
+	a.Chat("r", chatEv("1", "said while down"))
 	if a.client.up() {
 		t.Fatal("backend thinks memcached is up while it is stopped")
 	}
@@ -305,9 +305,9 @@ func TestDownAtStartThenUp(t *testing.T) {
 	// a rejoins by itself: its presence, and new messages both ways.
 	testenv.AwaitCondition(t, "a's member in b's presence", func() bool { return hasMember(b.RemoteMembers("r"), "1") })
 	testenv.AwaitCondition(t, "b's member in a's presence", func() bool { return hasMember(a.RemoteMembers("r"), "2") })
-	a.Publish("r", chatEv("1", "said after"))
+	a.Chat("r", chatEv("1", "said after"))
 	b.host.await(t, "chat said after", func(e hostEvent) bool { return e.ev.Msg == "said after" })
-	b.Publish("r", chatEv("2", "back to a"))
+	b.Chat("r", chatEv("2", "back to a"))
 	a.host.await(t, "chat from b", func(e hostEvent) bool { return e.ev.Msg == "back to a" })
 	if id := a.NewID(context.Background()); id == "" || !validID(id) {
 		t.Errorf("id after memcached returned = %q", id)
@@ -343,7 +343,7 @@ func TestCloseStopsGoroutines(t *testing.T) {
 		id := reg.NewID(context.Background())
 		reg.Warm(context.Background(), "r")
 		reg.Publish("r", &chat.Event{Kind: chat.KindJoin, ID: id})
-		reg.Publish("r", chatEv(id, "hi"))
+		reg.Chat("r", chatEv(id, "hi"))
 		if err := reg.Close(); err != nil {
 			t.Fatal(err)
 		}
@@ -368,10 +368,10 @@ func TestReadsPastOwnBurst(t *testing.T) {
 	skipShort(t)
 	_, a, b := pair(t, "burst:", 30*time.Second)
 	for i := 0; i < 3*maxPerPoll; i++ {
-		a.Publish("r", chatEv("1", chatText(i)))
+		a.Chat("r", chatEv("1", chatText(i)))
 	}
 	a.flushed(t)
-	b.Publish("r", chatEv("2", "after the burst"))
+	b.Chat("r", chatEv("2", "after the burst"))
 	a.host.await(t, "b's chat after a's burst", func(e hostEvent) bool {
 		return e.ev.Kind == chat.KindChat && e.ev.Msg == "after the burst"
 	})
@@ -387,18 +387,19 @@ func TestRelayWaitsForAnEntryInFlight(t *testing.T) {
 	mc, a, b := pair(t, "inflight:", 30*time.Second)
 	k := keySchema{prefix: "inflight:"}
 	p := partitionOf("r")
-	say := func(text string) string {
-		return forgedEntry(a.nodeID, "r", 0, chat.Event{Kind: chat.KindChat, ID: "1", Nick: "ann", Msg: text, Time: "1"})
+	seq := mc.Incr(k.seq("r"), 3) - 3 // the room's seqs of the three messages
+	say := func(text string, i uint64) string {
+		return forgedEntry(a.nodeID, "r", 0, chat.Event{Kind: chat.KindChat, ID: "1", Nick: "ann", Msg: text, Time: "1", Seq: seq + i})
 	}
 	last := mc.Incr(k.partition(p), 3) // three numbers reserved at once, as publishBatch does
-	mc.Set(k.entry(p, last-2), say("one"), 60)
-	mc.Set(k.entry(p, last), say("three"), 60)
+	mc.Set(k.entry(p, last-2), say("one", 1), 60)
+	mc.Set(k.entry(p, last), say("three", 3), 60)
 	got := b.host.await(t, "the first message", func(e hostEvent) bool { return e.ev.Kind == chat.KindChat })
 	if got.ev.Msg != "one" {
 		t.Fatalf("b was delivered %q first, want one", got.ev.Msg)
 	}
 	b.awaitPolls(t, 3) // the reader has seen "two" missing and "three" there
-	mc.Set(k.entry(p, last-1), say("two"), 60)
+	mc.Set(k.entry(p, last-1), say("two", 2), 60)
 	for _, want := range []string{"two", "three"} {
 		got := b.host.await(t, "message "+want, func(e hostEvent) bool { return e.ev.Kind == chat.KindChat })
 		if got.ev.Msg != want {

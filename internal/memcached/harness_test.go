@@ -91,7 +91,7 @@ func (m *memHistory) History(room string, n int) []*chat.Event {
 	return append([]*chat.Event(nil), l...)
 }
 
-func (m *memHistory) Replace(room string, events []*chat.Event) {
+func (m *memHistory) Replace(room string, events []*chat.Event, _ uint64) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.ev[room] = append([]*chat.Event(nil), events...)
@@ -119,7 +119,7 @@ func (m *memHistory) KeepWindow(time.Duration) {}
 
 func (m *memHistory) Window() time.Duration { return DefaultResumeWindow }
 
-func (m *memHistory) MarkGap(room string) {
+func (m *memHistory) MarkGap(room string, _ uint64) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.gaps == nil {

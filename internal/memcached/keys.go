@@ -19,6 +19,7 @@ import (
 //	<prefix>log:<p>            counter of relay log partition p (shared)
 //	<prefix>log:<p>:<n>        entry n of partition p (on the counter's server, expires by itself)
 //	<prefix>hist:<room>        the room's latest chat events, for joiners elsewhere (shared)
+//	<prefix>seq:<room>         the room's chat seq counter: one order per room (on its partition's server)
 type keySchema struct{ prefix string }
 
 func (k keySchema) idCounter() string     { return k.prefix + "id" }
@@ -27,6 +28,11 @@ func (k keySchema) node(id string) string { return k.prefix + "node:" + id }
 func (k keySchema) history(room string) string {
 	return k.prefix + "hist:" + roomKeyPart(room)
 }
+
+// seq is the counter every instance takes a room's chat seqs from. It
+// lives on the server of the room's partition, so that a room's order and
+// its relay are up or down together.
+func (k keySchema) seq(room string) string { return k.prefix + "seq:" + roomKeyPart(room) }
 
 func (k keySchema) chunk(id string, i int) string {
 	return k.node(id) + ":" + strconv.Itoa(i)

@@ -68,7 +68,8 @@ const (
 type outboxEntry struct {
 	room string
 	gen  uint64
-	ev   *chat.Event
+	ev   *chat.Event // a chat event without a Seq is sequenced when written
+	jump bool        // its seq starts a room counter made anew
 }
 
 // enqueueLocked adds e to the outbox and wakes the publisher. The caller
@@ -176,7 +177,18 @@ func (r *Backend) publishBatch(batch []outboxEntry) []outboxEntry {
 		}
 		first := last - uint64(len(events)) + 1
 		for j, e := range events {
-			value, err := json.Marshal(logEntry{Node: r.nodeID, Gen: e.gen, Room: e.room, Event: e.ev})
+			entry := logEntry{Node: r.nodeID, Gen: e.gen, Room: e.room, Event: e.ev, Jump: e.jump}
+			if e.ev.Kind == chat.KindChat && e.ev.Seq == 0 {
+				// Shown here while the room's counter was away:
+				// it takes its place in the room's order now.
+				var ok bool
+				if entry, ok = r.sequenceLate(entry); !ok {
+					rest = append(rest, events[j:]...)
+					break
+				}
+				events[j].ev, events[j].jump = entry.Event, entry.Jump
+			}
+			value, err := json.Marshal(entry)
 			if err != nil {
 				continue
 			}
@@ -304,6 +316,12 @@ func (p *poller) loop() {
 		case <-r.ctx.Done():
 			return
 		case <-t.C:
+		case <-r.wakePoller:
+			// A room's order waits for a seq on its way from
+			// another instance: fetch it now, not a period later.
+			if !t.Stop() {
+				<-t.C
+			}
 		}
 		p.once(time.Now())
 		r.mu.Lock()
@@ -335,6 +353,7 @@ func (p *poller) once(now time.Time) {
 	for room, at := range r.warm {
 		if now.Sub(at) >= warmFor {
 			delete(r.warm, room) // its joiner came (the room is hosted) or never will
+			r.unfollowLocked(room)
 		}
 	}
 	r.mu.Unlock()
@@ -448,7 +467,7 @@ func (p *poller) once(now time.Time) {
 	for _, room := range rooms {
 		// Chat of a room with nobody here is not news: only presence
 		// goes on to keep the view, sparing the hub's locks.
-		if len(r.local[room]) == 0 && r.warm[room].IsZero() {
+		if r.orders[room] == nil {
 			kept := byRoom[room][:0]
 			for _, e := range byRoom[room] {
 				if e.Event.Kind != chat.KindChat {
@@ -464,6 +483,7 @@ func (p *poller) once(now time.Time) {
 			r.deliverEntries(room, byRoom[room], now)
 		}
 	}
+	r.expireWaits(now)
 }
 
 // applyOld applies presence changes published before this instance
@@ -592,12 +612,12 @@ func (r *Backend) markGaps(part int) {
 	defer r.mu.Unlock()
 	for room := range r.local {
 		if partitionOf(room) == part {
-			r.hist.MarkGap(room)
+			r.hist.MarkGap(room, 0)
 		}
 	}
 	for room := range r.warm {
 		if _, hosted := r.local[room]; !hosted && partitionOf(room) == part {
-			r.hist.MarkGap(room)
+			r.hist.MarkGap(room, 0)
 		}
 	}
 }
@@ -611,9 +631,10 @@ func (p *poller) advance(st *partState) {
 }
 
 // deliverEntries hands the entries of other instances to the local members
-// of room, in log order: chat messages when the room is hosted here (or
-// warmed for a joiner), presence changes always, to keep the view, and
-// delivered when they are news.
+// of room: chat messages to the room's order when it is followed here
+// (hosted, or warmed for a joiner), which releases them in seq order;
+// presence changes always, to keep the view, and delivered when they are
+// news.
 func (r *Backend) deliverEntries(room string, entries []*logEntry, now time.Time) {
 	r.host.DeliverWith(room, func() []*chat.Event {
 		r.mu.Lock()
@@ -626,11 +647,8 @@ func (r *Backend) deliverEntries(room string, entries []*logEntry, now time.Time
 				hosted = true
 			} else {
 				delete(r.warm, room)
+				r.unfollowLocked(room)
 			}
-		}
-		var lastSeq uint64
-		if last := r.hist.History(room, 1); len(last) == 1 {
-			lastSeq = last[0].Seq
 		}
 		var out []*chat.Event
 		for _, e := range entries {
@@ -642,11 +660,14 @@ func (r *Backend) deliverEntries(room string, entries []*logEntry, now time.Time
 				continue
 			}
 			if e.Event.Kind == chat.KindChat {
-				if !hosted || e.Event.Seq != 0 && e.Event.Seq <= lastSeq {
-					continue // not followed here, or in the history Warm loaded
+				if e.Event.Seq == 0 || e.Event.Seq > seqLimit(now) {
+					// Every relayed message has its room's seq,
+					// which never runs ahead of the clock.
+					r.metrics.rejected("entry")
+					r.logger.Warn("ignoring a relayed chat message without a usable seq", zap.String("room", room), zap.String("from_node", e.Node), zap.Uint64("seq", e.Event.Seq))
+					continue
 				}
-				r.hist.Publish(room, e.Event)
-				out = append(out, e.Event)
+				out = append(out, r.orderLocked(room, e.Event.Seq, e.Event, e.Jump, now)...)
 			} else if r.view.ApplyEvent(e.Node, room, e.Gen, e.Event, now) && hosted {
 				out = append(out, e.Event)
 			}

@@ -98,22 +98,26 @@ type Backend struct {
 
 	wakePublisher chan struct{}
 	wakeHeartbeat chan struct{}
+	wakePoller    chan struct{}
 
-	mu           sync.Mutex
-	started      bool
-	closed       bool
-	gen          uint64                            // counts this instance's presence changes
-	local        map[string]map[string]chat.Member // this instance's members by room and id
-	outbox       []outboxEntry                     // events waiting for the relay log
-	outboxFull   bool                              // logged once per overflow
-	writing      bool                              // the publisher holds a batch taken from the outbox
-	own          [partitions][]uint64              // entries written since the last poll
-	warm         map[string]time.Time              // rooms prepared by Warm for a joiner on its way
-	view         *cluster.View                     // the other instances' members
-	idHigh       map[string]uint64                 // highest counter id each instance obtained
-	lastActivity time.Time                         // of any event, local or remote: the poll speeds up
-	chunksOut    int                               // most chunks this instance wrote, deleted on Close
-	written      lastWritten                       // the snapshot last written
+	mu              sync.Mutex
+	started         bool
+	closed          bool
+	gen             uint64                            // counts this instance's presence changes
+	local           map[string]map[string]chat.Member // this instance's members by room and id
+	outbox          []outboxEntry                     // events waiting for the relay log
+	outboxFull      bool                              // logged once per overflow
+	writing         bool                              // the publisher holds a batch taken from the outbox
+	own             [partitions][]uint64              // entries written since the last poll
+	warm            map[string]time.Time              // rooms prepared by Warm for a joiner on its way
+	orders          map[string]*cluster.Orderer       // the chat order of each room hosted or warm (order.go)
+	waiting         map[string]bool                   // rooms whose order holds messages for a lower seq
+	unorderedLogged bool                              // the first chat without a seq was logged
+	view            *cluster.View                     // the other instances' members
+	idHigh          map[string]uint64                 // highest counter id each instance obtained
+	lastActivity    time.Time                         // of any event, local or remote: the poll speeds up
+	chunksOut       int                               // most chunks this instance wrote, deleted on Close
+	written         lastWritten                       // the snapshot last written
 }
 
 // New makes the backend. It does not connect: background work starts with
@@ -153,6 +157,9 @@ func New(cfg Config, logger *zap.Logger) (*Backend, error) {
 		logTTL:        max(cfg.ResumeWindow, DefaultResumeWindow),
 		wakePublisher: make(chan struct{}, 1),
 		wakeHeartbeat: make(chan struct{}, 1),
+		wakePoller:    make(chan struct{}, 1),
+		orders:        make(map[string]*cluster.Orderer),
+		waiting:       make(map[string]bool),
 		local:         make(map[string]map[string]chat.Member),
 		warm:          make(map[string]time.Time),
 		view:          cluster.NewView(cfg.ListCap, heartbeat+downProbe, deadNodeMemory),
@@ -267,13 +274,9 @@ func (r *Backend) Since(room string, after uint64) ([]*chat.Event, bool) {
 	return r.hist.Since(room, after)
 }
 
-// Publish records an event of this instance and queues it for the relay
-// log. Chat events are recorded in the history first, which stamps their
-// Seq, so that the Seq travels with them.
+// Publish queues a presence event of this instance (join, leave, nick)
+// for the relay log. Chat goes through Chat, which orders it.
 func (r *Backend) Publish(room string, ev *chat.Event) {
-	if ev.Kind == chat.KindChat {
-		r.hist.Publish(room, ev) // even when closing: local members see its seq
-	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.closed {
@@ -281,9 +284,6 @@ func (r *Backend) Publish(room string, ev *chat.Event) {
 	}
 	r.lastActivity = time.Now()
 	switch ev.Kind {
-	case chat.KindChat:
-		r.enqueueLocked(outboxEntry{room: room, ev: ev})
-		return
 	case chat.KindJoin:
 		members := r.local[room]
 		if members == nil {
@@ -291,10 +291,16 @@ func (r *Backend) Publish(room string, ev *chat.Event) {
 			r.local[room] = members
 		}
 		members[ev.ID] = ev.Member()
+		if r.orders[room] == nil {
+			// Warm did not prepare the room (the backend was
+			// still starting): the first seq seen starts it.
+			r.followLocked(room).Start(0, false, time.Now())
+		}
 	case chat.KindLeave:
 		delete(r.local[room], ev.ID)
 		if len(r.local[room]) == 0 {
 			delete(r.local, room)
+			r.unfollowLocked(room)
 		}
 	case chat.KindNick:
 		if _, ok := r.local[room][ev.ID]; ok {
@@ -327,42 +333,71 @@ func (r *Backend) RemoteCount(room string) int {
 const warmFor = 10 * time.Second
 
 // Warm prepares the backend for a member joining room. When this instance
-// has no member there yet, it loads the room's history from memcached (one
-// get), so that the joiner sees what was said elsewhere, and keeps the
-// room's chat from the relay log from now on.
+// does not follow the room yet, it starts the room's order where the
+// room's seq counter stands, and loads the room's history from memcached
+// (two gets), so that the joiner sees what was said elsewhere and then
+// every message after it, in the room's order.
 func (r *Backend) Warm(ctx context.Context, room string) {
 	r.mu.Lock()
 	skip := r.closed || !r.started || len(r.local[room]) > 0
 	if !skip {
 		r.warm[room] = time.Now()
+		// Made before the reads, so that what the poller brings
+		// meanwhile is held, not lost: Start sorts it out.
+		skip = r.followLocked(room).Started()
 	}
 	r.mu.Unlock()
-	if skip || ctx.Err() != nil {
+	if skip {
 		return
 	}
+	// The history first: every message in it took its seq before the
+	// counter is read, so the counter is at or above the history's last.
+	var events []*chat.Event
+	if ctx.Err() == nil {
+		events = r.loadHistory(room)
+	}
+	now := time.Now()
+	var after uint64
+	var known bool
+	if ctx.Err() == nil {
+		after, known = r.startSeq(room, now)
+	}
+	r.host.DeliverWith(room, func() []*chat.Event {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		o := r.orders[room]
+		if o == nil || o.Started() {
+			return nil
+		}
+		if len(r.local[room]) == 0 {
+			if !known && len(events) > 0 {
+				after, known = events[len(events)-1].Seq, true
+			}
+			r.hist.Replace(room, events, after)
+		}
+		return r.releasedLocked(room, o, o.Start(after, known, now))
+	})
+}
+
+// loadHistory reads room's latest chat events from memcached; nil when
+// there are none or they cannot be read.
+func (r *Backend) loadHistory(room string) []*chat.Event {
 	key := r.keys.history(room)
 	s := r.client.route(key)
 	if !s.usable() {
-		return
+		return nil
 	}
 	it, err := s.get(key)
 	if err != nil {
-		return
+		return nil
 	}
 	events, err := decodeHistory(it.Value, r.lim, maxHistoryEvents)
 	if err != nil {
 		r.metrics.rejected("history")
 		r.logger.Warn("ignoring a malformed room history in memcached", zap.String("key", key), zap.Error(err))
-		return
-	}
-	r.host.DeliverWith(room, func() []*chat.Event {
-		r.mu.Lock()
-		defer r.mu.Unlock()
-		if len(r.local[room]) == 0 {
-			r.hist.Replace(room, events)
-		}
 		return nil
-	})
+	}
+	return events
 }
 
 // Close stops the background work, hands the leaves of members still here

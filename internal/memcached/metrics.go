@@ -16,6 +16,8 @@ type Metrics struct {
 	// Skipped counts relay log entries given up: never written, expired,
 	// or beyond what one poll reads after a counter jumped.
 	Skipped prometheus.Counter
+	// Lost counts chat seqs a room's order gave up waiting for.
+	Lost prometheus.Counter
 }
 
 // RequestKinds lists the label values of Requests.
@@ -45,5 +47,11 @@ func (m *Metrics) rejected(what string) {
 func (m *Metrics) skipped(n uint64) {
 	if m != nil && m.Skipped != nil {
 		m.Skipped.Add(float64(n))
+	}
+}
+
+func (m *Metrics) lost(n uint64) {
+	if m != nil && m.Lost != nil {
+		m.Lost.Add(float64(n))
 	}
 }

@@ -54,7 +54,7 @@ func TestTwoServersOneDies(t *testing.T) {
 		crosses(t, a, b, on1, "1", fmt.Sprintf("on the living server %d", i))
 		crosses(t, b, a, on1, "2", fmt.Sprintf("back on the living server %d", i))
 	}
-	a.Publish(on2, chatEv("3", "held while its server is away"))
+	a.Chat(on2, chatEv("3", "held while its server is away"))
 	// Nobody is declared gone for a server that is away: a snapshot that
 	// cannot be read is unknown, not missing.
 	b.awaitBeats(t, 4)

@@ -31,7 +31,7 @@ func forgedEntry(node, room string, gen uint64, ev chat.Event) string {
 // crosses checks that chat still goes from a to b in room.
 func crosses(t *testing.T, a, b *testBackend, room, from, text string) {
 	t.Helper()
-	a.Publish(room, chatEv(from, text))
+	a.Chat(room, chatEv(from, text))
 	b.host.await(t, "chat "+text, func(e hostEvent) bool { return e.room == room && e.ev.Msg == text })
 }
 

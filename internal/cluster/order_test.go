@@ -1,0 +1,129 @@
+package cluster
+
+import (
+	"math/rand/v2"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/caddy-chatroom/chatroom/internal/chat"
+)
+
+func msg(seq uint64) *chat.Event {
+	return &chat.Event{Kind: chat.KindChat, ID: "1", Msg: strconv.FormatUint(seq, 10), Seq: seq}
+}
+
+func seqs(evs []*chat.Event) []uint64 {
+	out := make([]uint64, len(evs))
+	for i, ev := range evs {
+		out[i] = ev.Seq
+	}
+	return out
+}
+
+// Messages that arrive in any order are released in seq order, each once.
+func TestOrdererReleasesInSeqOrderEachOnce(t *testing.T) {
+	now := time.Unix(1000, 0)
+	o := NewOrderer()
+	o.Start(100, true, now)
+	order := rand.Perm(200)
+	var got []uint64
+	for _, i := range order {
+		seq := uint64(101 + i)
+		got = append(got, seqs(o.Add(seq, msg(seq), false, now).Events)...)
+		got = append(got, seqs(o.Add(seq, msg(seq), false, now).Events)...) // again: a duplicate
+	}
+	if len(got) != 200 {
+		t.Fatalf("released %d messages, want 200", len(got))
+	}
+	for i, seq := range got {
+		if seq != uint64(101+i) {
+			t.Fatalf("message %d has seq %d, want %d", i, seq, 101+i)
+		}
+	}
+	if o.Waiting() {
+		t.Fatal("still waiting after every seq came")
+	}
+}
+
+// Before Start everything is held; Start drops what came before the room
+// was followed and releases the rest in order.
+func TestOrdererHoldsUntilStart(t *testing.T) {
+	now := time.Unix(1000, 0)
+	o := NewOrderer()
+	for _, seq := range []uint64{12, 9, 11, 10} {
+		if r := o.Add(seq, msg(seq), false, now); len(r.Events) != 0 {
+			t.Fatalf("released %v before Start", seqs(r.Events))
+		}
+	}
+	r := o.Start(10, true, now)
+	if got := seqs(r.Events); len(got) != 2 || got[0] != 11 || got[1] != 12 {
+		t.Fatalf("Start(10) released %v, want [11 12]", got)
+	}
+}
+
+// A seq that never comes is given up after the wait, counted, and what
+// waited behind it goes out in order; nothing is given up sooner.
+func TestOrdererGivesUpAMissingSeqAfterTheWait(t *testing.T) {
+	now := time.Unix(1000, 0)
+	o := NewOrderer()
+	o.Start(0, true, now)
+	o.Add(1, msg(1), false, now)
+	o.Add(4, msg(4), false, now)
+	o.Add(3, msg(3), false, now)
+	if r := o.Expire(now.Add(GapWait/2), GapWait); len(r.Events) != 0 || r.Lost != 0 {
+		t.Fatalf("gave up %d and released %v before the wait", r.Lost, seqs(r.Events))
+	}
+	r := o.Expire(now.Add(GapWait), GapWait)
+	if got := seqs(r.Events); len(got) != 2 || got[0] != 3 || got[1] != 4 || r.Lost != 1 || r.LostThrough != 2 {
+		t.Fatalf("after the wait: released %v, lost %d through %d; want [3 4], 1 through 2", got, r.Lost, r.LostThrough)
+	}
+	if r := o.Add(2, msg(2), false, now); len(r.Events) != 0 {
+		t.Fatalf("a seq given up came late and was released: %v", seqs(r.Events))
+	}
+}
+
+// A jump (a counter made anew) releases what is held below it and goes on
+// from there at once, reporting the loss.
+func TestOrdererJump(t *testing.T) {
+	now := time.Unix(1000, 0)
+	o := NewOrderer()
+	o.Start(0, true, now)
+	o.Add(1, msg(1), false, now)
+	o.Add(3, msg(3), false, now)
+	r := o.Add(5000, msg(5000), true, now)
+	if got := seqs(r.Events); len(got) != 2 || got[0] != 3 || got[1] != 5000 || r.LostThrough != 4999 || r.Lost == 0 {
+		t.Fatalf("jump released %v, lost %d through %d", got, r.Lost, r.LostThrough)
+	}
+	if r := o.Add(5001, msg(5001), false, now); len(r.Events) != 1 {
+		t.Fatal("the message after the jump was not released")
+	}
+}
+
+// A nil event marks a seq delivered already: it frees what waits behind it
+// without being released itself.
+func TestOrdererNilMarksDelivered(t *testing.T) {
+	now := time.Unix(1000, 0)
+	o := NewOrderer()
+	o.Start(0, true, now)
+	o.Add(2, msg(2), false, now)
+	r := o.Add(1, nil, false, now)
+	if got := seqs(r.Events); len(got) != 1 || got[0] != 2 {
+		t.Fatalf("released %v, want [2]", got)
+	}
+}
+
+// However far ahead forged seqs are, an Orderer holds at most
+// MaxHeldPerRoom messages.
+func TestOrdererHoldsABoundedNumber(t *testing.T) {
+	now := time.Unix(1000, 0)
+	o := NewOrderer()
+	o.Start(0, true, now)
+	for i := uint64(0); i < 3*MaxHeldPerRoom; i++ {
+		seq := 10 + 7*i
+		o.Add(seq, msg(seq), false, now)
+		if len(o.held) > MaxHeldPerRoom {
+			t.Fatalf("holds %d messages", len(o.held))
+		}
+	}
+}
