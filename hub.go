@@ -111,6 +111,9 @@ func (h *hub) join(ctx context.Context, c *conn) error {
 	}
 	c.identify(h.reg.NewID(ctx))
 	h.reg.Warm(ctx, c.roomName)
+	if rs := c.opts.resume; rs.valid {
+		h.reg.CatchUp(ctx, c.roomName, rs.after)
+	}
 	for {
 		r, err := h.room(c.roomName, c.opts.presenceLimit)
 		if err != nil {

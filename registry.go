@@ -32,6 +32,11 @@ type Registry interface {
 	// loads the room's history and presence from the cluster when this
 	// instance has no member there yet.
 	Warm(ctx context.Context, room string)
+	// CatchUp waits, briefly and at most until ctx ends, until this
+	// instance has delivered room's chat messages up to seq since: a
+	// client resuming here from a message another instance showed it
+	// a moment ago must not be told that message is unknown.
+	CatchUp(ctx context.Context, room string, since uint64)
 	// Chat gives a chat message of this instance its place in the
 	// room's order, cluster-wide, with the seq its frame carries, records
 	// it in the room's history, and delivers it through Host.DeliverWith
@@ -118,6 +123,9 @@ func (r *embeddedRegistry) NewID(context.Context) string {
 
 // Warm implements Registry.
 func (r *embeddedRegistry) Warm(context.Context, string) {}
+
+// CatchUp implements Registry: one instance has delivered all it has.
+func (r *embeddedRegistry) CatchUp(context.Context, string, uint64) {}
 
 // RemoteMembers implements Registry.
 func (r *embeddedRegistry) RemoteMembers(string) []chat.Member { return nil }

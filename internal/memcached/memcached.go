@@ -99,6 +99,7 @@ type Backend struct {
 	wakePublisher chan struct{}
 	wakeHeartbeat chan struct{}
 	wakePoller    chan struct{}
+	advanced      *sync.Cond // on mu: a room's order released messages
 
 	mu              sync.Mutex
 	started         bool
@@ -166,6 +167,7 @@ func New(cfg Config, logger *zap.Logger) (*Backend, error) {
 		idHigh:        make(map[string]uint64),
 		written:       lastWritten{chunks: -1},
 	}
+	r.advanced = sync.NewCond(&r.mu)
 	r.ids = &idAllocator{server: client.route(r.keys.idCounter()), key: r.keys.idCounter(), floor: r.highestKnownID}
 	client.logger = r.logger
 	client.onChange = r.serverChanged

@@ -1,6 +1,7 @@
 package memcached
 
 import (
+	"context"
 	"errors"
 	"strconv"
 	"time"
@@ -215,6 +216,9 @@ func (r *Backend) releasedLocked(room string, o *cluster.Orderer, rel cluster.Re
 	} else {
 		delete(r.waiting, room)
 	}
+	if len(rel.Events) > 0 || rel.Lost > 0 {
+		r.advanced.Broadcast()
+	}
 	return rel.Events
 }
 
@@ -286,4 +290,34 @@ func (r *Backend) sequenceLate(e logEntry) (logEntry, bool) {
 		return r.orderLocked(e.Room, seq, nil, jump, now)
 	})
 	return e, true
+}
+
+// CatchUp waits until room's order has released the message with seq
+// since, at most GapWait and until ctx ends: a client that resumes here
+// from a message it got on another instance a moment ago would otherwise
+// be told that message is unknown, and its resume incomplete. A since far
+// ahead of the room's order (from another epoch, or made up) is not
+// waited for.
+func (r *Backend) CatchUp(ctx context.Context, room string, since uint64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	behind := func() bool {
+		o := r.orders[room]
+		return o != nil && o.Started() && o.Next() != 0 && o.Next() <= since && since-o.Next() < cluster.MaxHeldPerRoom
+	}
+	if !behind() {
+		return
+	}
+	wake(r.wakePoller)
+	ctx, cancel := context.WithTimeout(ctx, cluster.GapWait)
+	defer cancel()
+	stop := context.AfterFunc(ctx, func() {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		r.advanced.Broadcast()
+	})
+	defer stop()
+	for behind() && ctx.Err() == nil {
+		r.advanced.Wait()
+	}
 }
