@@ -319,9 +319,7 @@ func (p *poller) loop() {
 		case <-r.wakePoller:
 			// A room's order waits for a seq on its way from
 			// another instance: fetch it now, not a period later.
-			if !t.Stop() {
-				<-t.C
-			}
+			t.Stop() // since Go 1.23, no stale tick is left to drain
 		}
 		p.once(time.Now())
 		r.mu.Lock()
@@ -339,6 +337,15 @@ func (p *poller) loop() {
 func (p *poller) once(now time.Time) {
 	r := p.r
 	defer r.polls.Add(1)
+	// This instance's own entries are taken before the counters are
+	// read, so that each is at or below the counter read: one written in
+	// between, marked done, would carry next past the counter, which
+	// then looks as if it went back (and the partition is read again
+	// from 16 entries back, its rooms marked as having lost messages).
+	r.mu.Lock()
+	own := r.own
+	r.own = [partitions][]uint64{}
+	r.mu.Unlock()
 	counters := make(map[*server][]string)
 	for i := 0; i < partitions; i++ {
 		key := r.keys.partition(i)
@@ -348,8 +355,6 @@ func (p *poller) once(now time.Time) {
 	}
 	items, failed := getFrom(counters)
 	r.mu.Lock()
-	own := r.own
-	r.own = [partitions][]uint64{}
 	for room, at := range r.warm {
 		if now.Sub(at) >= warmFor {
 			delete(r.warm, room) // its joiner came (the room is hosted) or never will
