@@ -46,6 +46,8 @@ type hub struct {
 	open atomic.Int64 // connections, for max_connections
 
 	handlers handlerSet // the handlers using this hub (reload.go)
+	frames   frameCache  // replayed events' frames, shared (framecache.go)
+	replays  replaySlots // big replays in progress (resume.go)
 
 	mu     sync.Mutex
 	rooms  map[string]*room
@@ -125,12 +127,17 @@ func (h *hub) join(ctx context.Context, c *conn) error {
 			r.mu.Unlock()
 			return errHandlerGone
 		}
+		past, err := h.pastFor(r, c)
+		if err != nil {
+			r.mu.Unlock()
+			return err
+		}
 		c.placeAt(r, len(r.members))
 		r.members = append(r.members, c)
 		// These wait for serve, which holds c's writer (newConn).
 		c.sendFrame(welcomeMessage(c.member, r.name))
 		c.sendFrame(h.onlineFrame(r))
-		h.replay(r, c)
+		h.replay(r, c, past)
 		h.publishPresence(r, chat.NewPresence(chat.KindJoin, c.member), c)
 		r.mu.Unlock()
 		h.metrics.connections.Inc()
