@@ -46,8 +46,9 @@ type hub struct {
 	open atomic.Int64 // connections, for max_connections
 
 	handlers handlerSet // the handlers using this hub (reload.go)
-	frames   frameCache  // replayed events' frames, shared (framecache.go)
-	replays  replaySlots // big replays in progress (resume.go)
+
+	frames  frameCache  // replayed events' frames, shared (framecache.go)
+	replays replaySlots // big replays in progress (resume.go)
 
 	mu     sync.Mutex
 	rooms  map[string]*room

@@ -81,7 +81,8 @@ type conn struct {
 	closedBy  string // the drop reason when the server closed it, for the log
 	parked    bool   // no reader runs; the poller starts one on input
 	tornDown  bool   // left the room; nothing more to do
-	replay    *replayFeed // a replay whose mark is in queue (resume.go)
+
+	replay *replayFeed // a replay whose mark is in queue (resume.go); guarded by mu
 
 	// The read side (reader.go).
 	lastHeard atomic.Int64 // Unix ns of the last frame or pong from the client
