@@ -349,11 +349,17 @@ func (r *Backend) Warm(ctx context.Context, room string) {
 	if err != nil {
 		return
 	}
-	events, err := decodeHistory(it.Value, r.lim, maxHistoryEvents)
+	events, dropped, err := decodeHistory(it.Value, r.lim, maxHistoryEvents)
 	if err != nil {
 		r.metrics.rejected("history")
 		r.logger.Warn("ignoring a malformed room history in memcached", zap.String("key", key), zap.Error(err))
 		return
+	}
+	if dropped > 0 {
+		for range dropped {
+			r.metrics.rejected("history")
+		}
+		r.logger.Warn("dropping room history entries without a seq from memcached", zap.String("key", key), zap.Int("dropped", dropped))
 	}
 	r.host.DeliverWith(room, func() []*chat.Event {
 		r.mu.Lock()

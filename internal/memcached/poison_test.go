@@ -7,6 +7,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	"go.uber.org/zap/zaptest"
+
 	"github.com/caddy-chatroom/chatroom/internal/chat"
 	"github.com/caddy-chatroom/chatroom/internal/testenv"
 )
@@ -133,5 +137,44 @@ func TestPoisonedSnapshotAndHistory(t *testing.T) {
 		if e.ev.ID == "1" && e.ev.Kind != chat.KindChat {
 			t.Errorf("b delivered %s of 1 after the poisoned snapshot", e.ev.Kind)
 		}
+	}
+}
+
+// TestHistoryEntryWithoutSeqDropped: a room history in memcached whose
+// middle event has no seq loads without it, the rest in order, and the
+// dropped one is counted as a rejected history value: a resume could not
+// name it, and a replay must not send a chat frame without one.
+func TestHistoryEntryWithoutSeqDropped(t *testing.T) {
+	skipShort(t)
+	mc := testenv.StartMemcached(t)
+	rejected := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "rejected"}, []string{"value"})
+	b, err := New(Config{Servers: []string{mc.Addr}, Prefix: "ns:", TTL: 2 * time.Second, MaxMessageSize: 8 << 10,
+		History: &memHistory{ev: make(map[string][]*chat.Event)}, Metrics: &Metrics{Rejected: rejected}}, zaptest.NewLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	host := newRecordingHost()
+	if err := b.Start(host); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = b.Close() })
+	b.KeepHistory(5)
+
+	k := keySchema{prefix: "ns:"}
+	mc.Set(k.history("q"), `{"events":[`+
+		`{"kind":"chat","id":"1","msg":"first","seq":10},`+
+		`{"kind":"chat","id":"1","msg":"no seq"},`+
+		`{"kind":"chat","id":"1","msg":"third","seq":12}]}`, 0)
+	b.Warm(t.Context(), "q")
+	h := b.History("q", 5)
+	if len(h) != 2 || h[0].Msg != "first" || h[0].Seq != 10 || h[1].Msg != "third" || h[1].Seq != 12 {
+		t.Fatalf("history loaded = %v, want first (seq 10) and third (seq 12) only", h)
+	}
+	var m dto.Metric
+	if err := rejected.WithLabelValues("history").Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	if got := m.GetCounter().GetValue(); got != 1 {
+		t.Fatalf("rejected history values = %v, want 1 (the event without a seq)", got)
 	}
 }
