@@ -197,7 +197,9 @@ func (c *conn) writeWithReplay(batch []*wsio.Frame, ping bool, feed *replayFeed)
 // writeReplay writes a replay's frames in chunks of at most
 // replayChunkBytes, each within wsio.WriteWait. A client that does not take
 // a chunk in that time is a slow consumer, and is closed as one. The frames
-// are let go as they are written.
+// are let go as they are written. A ping that falls due meanwhile goes out
+// with the next chunk: a client reading a long replay slowly answers it,
+// and is not taken for idle.
 func (c *conn) writeReplay(feed *replayFeed) error {
 	for len(feed.frames) > 0 {
 		n, size := 0, 0
@@ -205,7 +207,11 @@ func (c *conn) writeReplay(feed *replayFeed) error {
 			size += feed.frames[n].Len()
 			n++
 		}
-		if err := c.writeBatch(feed.frames[:n], false); err != nil {
+		c.mu.Lock()
+		ping := c.pingDue
+		c.pingDue = false
+		c.mu.Unlock()
+		if err := c.writeBatch(feed.frames[:n], ping); err != nil {
 			var netErr interface{ Timeout() bool }
 			if errors.As(err, &netErr) && netErr.Timeout() {
 				c.closeWith(websocket.ClosePolicyViolation, fmt.Sprintf("too slow: a part of the replay was not read within %v", wsio.WriteWait), dropSlowConsumer)
