@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
 	"go.uber.org/zap/zaptest"
 
 	"github.com/caddy-chatroom/chatroom/internal/chat"
@@ -170,11 +169,30 @@ func TestHistoryEntryWithoutSeqDropped(t *testing.T) {
 	if len(h) != 2 || h[0].Msg != "first" || h[0].Seq != 10 || h[1].Msg != "third" || h[1].Seq != 12 {
 		t.Fatalf("history loaded = %v, want first (seq 10) and third (seq 12) only", h)
 	}
-	var m dto.Metric
-	if err := rejected.WithLabelValues("history").Write(&m); err != nil {
-		t.Fatal(err)
-	}
-	if got := m.GetCounter().GetValue(); got != 1 {
+	if got := counterValue(t, rejected, "history"); got != 1 {
 		t.Fatalf("rejected history values = %v, want 1 (the event without a seq)", got)
 	}
+}
+
+// counterValue reads the counter of vec with the given label value.
+func counterValue(t *testing.T, vec *prometheus.CounterVec, label string) float64 {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	if err := reg.Register(vec); err != nil {
+		t.Fatal(err)
+	}
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetValue() == label {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return 0
 }
