@@ -438,7 +438,8 @@ func checkRefusal(t *testing.T, resp *http.Response, status int, want string) {
 }
 
 // TestBadRoomName: a room name outside 1 to 64 characters of A-Z a-z 0-9
-// . _ - is answered 400 with a plain-text reason before the upgrade.
+// . _ -, or a query string with a bad escape (room=%zz), is answered 400
+// with a plain-text reason before the upgrade.
 func TestBadRoomName(t *testing.T) {
 	p := startCaddy(t, faultSite("room {query.room}"))
 	for _, name := range []string{"a b", "a/b", "room!", strings.Repeat("r", 65), "caf\u00e9", "a\nb", "<script>"} {
@@ -448,6 +449,16 @@ func TestBadRoomName(t *testing.T) {
 			continue
 		}
 		checkRefusal(t, resp, http.StatusBadRequest, "invalid room name")
+	}
+	// A query that does not parse is refused too, rather than read as if
+	// the bad pair were missing (which joined lobby).
+	for _, query := range []string{"room=%zz", "room=ok&x=%", "room=a%2"} {
+		_, resp, err := tryDial(t, p.url("ws", "/ws?"+query), nil)
+		if err == nil {
+			t.Errorf("query %q was accepted", query)
+			continue
+		}
+		checkRefusal(t, resp, http.StatusBadRequest, "malformed query string")
 	}
 	// The edges of the rule are accepted.
 	for _, name := range []string{strings.Repeat("r", 64), "A-z_0.9", "x"} {

@@ -28,6 +28,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		repl = caddy.NewReplacer()
 	}
 
+	// A query that does not parse (a bad escape such as room=%zz) is
+	// refused: Caddy's query placeholders read it as if the bad pair were
+	// absent, which would put the client in the default room it did not
+	// ask for.
+	if _, err := url.ParseQuery(r.URL.RawQuery); err != nil {
+		refuse(w, http.StatusBadRequest, fmt.Sprintf("malformed query string: %v", err))
+		return nil
+	}
 	roomName := repl.ReplaceAll(h.Room, "")
 	if roomName == "" {
 		roomName = DefaultRoom

@@ -47,6 +47,9 @@ type hub struct {
 
 	handlers handlerSet // the handlers using this hub (reload.go)
 
+	frames  frameCache  // replayed events' frames, shared (framecache.go)
+	replays replaySlots // big replays in progress (resume.go)
+
 	mu     sync.Mutex
 	rooms  map[string]*room
 	closed bool
@@ -128,12 +131,17 @@ func (h *hub) join(ctx context.Context, c *conn) error {
 			r.mu.Unlock()
 			return errHandlerGone
 		}
+		past, err := h.pastFor(r, c)
+		if err != nil {
+			r.mu.Unlock()
+			return err
+		}
 		c.placeAt(r, len(r.members))
 		r.members = append(r.members, c)
 		// These wait for serve, which holds c's writer (newConn).
 		c.sendFrame(welcomeMessage(c.member, r.name))
 		c.sendFrame(h.onlineFrame(r))
-		h.replay(r, c)
+		h.replay(r, c, past)
 		h.publishPresence(r, chat.NewPresence(chat.KindJoin, c.member), c)
 		r.mu.Unlock()
 		h.metrics.connections.Inc()

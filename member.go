@@ -82,6 +82,8 @@ type conn struct {
 	parked    bool   // no reader runs; the poller starts one on input
 	tornDown  bool   // left the room; nothing more to do
 
+	replay *replayFeed // a replay whose mark is in queue (resume.go); guarded by mu
+
 	// The read side (reader.go).
 	lastHeard atomic.Int64 // Unix ns of the last frame or pong from the client
 
@@ -145,6 +147,11 @@ func (c *conn) serve(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, joinTimeout)
 	err := c.hub.join(ctx, c)
 	cancel()
+	if errors.Is(err, errReplaysBusy) {
+		c.closeWith(websocket.CloseTryAgainLater, err.Error(), dropReplaysBusy)
+		c.teardown()
+		return
+	}
 	if err != nil {
 		c.closeWith(websocket.CloseGoingAway, err.Error(), dropShutdown)
 		c.teardown()
@@ -157,7 +164,13 @@ func (c *conn) serve(ctx context.Context) {
 		return c.ws.SetReadDeadline(time.Now().Add(2 * c.opts.pingInterval))
 	})
 	c.startPinging()
-	c.writeLoop() // the joiner's first frames (newConn)
+	if c.hasReplay() {
+		// A replay may take up to WriteWait a chunk: it is written by a
+		// goroutine of its own, so that the request is let go now.
+		go c.writeLoopFn()
+	} else {
+		c.writeLoop() // the joiner's first frames (newConn)
+	}
 	c.wc.Watch(c)
 	if !c.parkIfIdle() {
 		// The client has sent something already: a reader of its own, so
@@ -179,6 +192,7 @@ func (c *conn) teardown() {
 	c.parked = false
 	c.mu.Unlock()
 	c.stopPinging()
+	c.dropReplay()
 	c.wc.Unwatch()
 	c.hub.leave(c)
 	_ = c.wc.Close()
@@ -298,9 +312,16 @@ func (c *conn) writeLoop() {
 		c.queue, c.spare = c.spare[:0], nil
 		c.presence.taken()
 		c.pingDue = false
+		feed := c.replay // its mark is in batch
+		c.replay = nil
 		c.mu.Unlock()
 
-		err := c.writeBatch(batch, ping)
+		var err error
+		if feed != nil {
+			err = c.writeWithReplay(batch, ping, feed)
+		} else {
+			err = c.writeBatch(batch, ping)
+		}
 		clear(batch)
 		c.mu.Lock()
 		c.spare = batch[:0]

@@ -27,8 +27,12 @@ var errHandlerGone = errors.New("chat settings changed; reconnect")
 // handlerRef stands for one provisioned handler in its hub; each connection
 // points at the one it came through.
 type handlerRef struct {
-	seq    uint64        // order of provisioning within the hub
-	locate func() string // the handler's location, once its config is whole
+	seq uint64 // order of provisioning within the hub
+	// locate finds the handler's location once its config is whole. It
+	// holds that config (the handler and the modules around it): detach
+	// drops it, so that a connection from before a reload, which keeps its
+	// ref, does not keep the old config too.
+	locate func() string
 
 	located  bool // guarded by the hub's handlerSet.mu
 	location string
@@ -40,7 +44,10 @@ type handlerRef struct {
 }
 
 // current follows the takeovers to the handler that now holds the
-// connections of r. The chain grows by one per reload at most.
+// connections of r. Each takeover moves the members' refs on to the new
+// handler (moveVia), so that the chain is one or two links long, not one
+// per reload: only a connection that joined during a takeover is behind,
+// and the next takeover moves it.
 func (r *handlerRef) current() *handlerRef {
 	for {
 		n := r.next.Load()
@@ -91,10 +98,12 @@ func (h *hub) detach(ref *handlerRef) {
 		}
 	}
 	last := len(s.list) == 0
+	ref.locate = nil // the old config may go; its location is known if needed
 	s.mu.Unlock()
 	switch {
 	case successor != nil:
 		ref.next.Store(successor)
+		h.moveVia(successor)
 	case !last:
 		ref.gone.Store(true)
 		h.closeVia(ref)
@@ -109,25 +118,46 @@ func (s *handlerSet) locationOf(r *handlerRef) string {
 	return r.location
 }
 
-// closeVia closes, with 1001, every connection that came through ref. A
-// connection joining at the same time sees ref gone (see refusedVia).
-func (h *hub) closeVia(ref *handlerRef) {
+// members calls each for every member of every room of h, with the
+// member's room locked.
+func (h *hub) members(each func(*conn)) {
 	h.mu.Lock()
 	rooms := make([]*room, 0, len(h.rooms))
 	for _, r := range h.rooms {
 		rooms = append(rooms, r)
 	}
 	h.mu.Unlock()
-	var conns []*conn
 	for _, r := range rooms {
 		r.mu.Lock()
 		for _, c := range r.members {
-			if c.via != nil && c.via.current() == ref {
-				conns = append(conns, c)
-			}
+			each(c)
 		}
 		r.mu.Unlock()
 	}
+}
+
+// moveVia points every member whose handler was taken over by successor
+// at successor itself. Without it each connection would keep the ref it
+// came through, and with it the chain of every handler since, one per
+// reload, for as long as it stays. A member's via is read and written
+// under its room's lock.
+func (h *hub) moveVia(successor *handlerRef) {
+	h.members(func(c *conn) {
+		if c.via != nil && c.via != successor && c.via.current() == successor {
+			c.via = successor
+		}
+	})
+}
+
+// closeVia closes, with 1001, every connection that came through ref. A
+// connection joining at the same time sees ref gone (see refusedVia).
+func (h *hub) closeVia(ref *handlerRef) {
+	var conns []*conn
+	h.members(func(c *conn) {
+		if c.via != nil && c.via.current() == ref {
+			conns = append(conns, c)
+		}
+	})
 	for _, c := range conns {
 		go c.closeWith(websocket.CloseGoingAway, errHandlerGone.Error(), dropReload)
 	}

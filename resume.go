@@ -1,9 +1,17 @@
 package chatroom
 
 import (
+	"errors"
+	"fmt"
 	"net/url"
+	"slices"
 	"strconv"
+	"sync"
+	"sync/atomic"
 	"time"
+
+	"github.com/caddy-chatroom/chatroom/internal/wsio"
+	"github.com/gorilla/websocket"
 )
 
 // Resume: every chat frame carries the event's seq, and a client that
@@ -42,23 +50,94 @@ func parseSince(rawQuery string, now time.Time) resumeRequest {
 	return req
 }
 
-// replay sends c, after its welcome and online frames, the room's past: the
-// events it missed when it resumes, else the last `history` ones. The
-// caller holds r.mu, so that nothing said meanwhile is lost or doubled
-// between the replay and the live frames.
-func (h *hub) replay(r *room, c *conn) {
-	if rs := c.opts.resume; rs.valid {
-		events, complete := h.reg.Since(r.name, rs.after)
-		c.allowBurst(len(events) - c.opts.history)
-		for _, ev := range events {
-			c.sendFrame(encodeFrame(ev))
+// replayChunkBytes bounds one write of a replay: a replay is written in
+// chunks of at most this many bytes, each within wsio.WriteWait, so that a
+// client that reads slowly but steadily (25 KiB/s and up) gets all of it,
+// and one that reads nothing is closed after WriteWait like any slow
+// consumer. It is also the largest replay that needs no replay slot.
+const replayChunkBytes = 256 << 10
+
+// maxReplays bounds the replays larger than replayChunkBytes that one
+// instance has in progress at once; a resume past it is closed with 1013
+// before it joins, and the client comes back with the same since.
+const maxReplays = 128
+
+// errReplaysBusy refuses a resume while maxReplays are in progress.
+var errReplaysBusy = errors.New("too many resumes in progress; reconnect later with the same since")
+
+// dropReplaysBusy is the metrics reason of a resume refused for that.
+const dropReplaysBusy = "replays_busy"
+
+// replaySlots counts the replays in progress on a hub.
+type replaySlots struct{ n atomic.Int64 }
+
+// take takes a slot, if one is free.
+func (s *replaySlots) take() bool {
+	if s.n.Add(1) > maxReplays {
+		s.n.Add(-1)
+		return false
+	}
+	return true
+}
+
+// give gives a slot back.
+func (s *replaySlots) give() { s.n.Add(-1) }
+
+// replayFeed is a resume's replay in a connection's send queue: one entry
+// of the queue (mark) stands for all its frames, which the writer sends in
+// chunks when it reaches it (see writeReplay). The frames are the events'
+// shared frames (framecache.go): a replay costs the connection a slice of
+// pointers, not a copy of the room, and it does not raise send_queue. Live
+// frames queue behind it and count against send_queue as ever.
+type replayFeed struct {
+	mark   *wsio.Frame   // the queue entry; never written
+	frames []*wsio.Frame // the missed chat frames, then the resumed frame
+	// done gives the replay slot back, once; it runs when the replay is
+	// written or the connection ends first.
+	done func()
+}
+
+// pastFor works out the replay of a client that resumes, before it joins r:
+// nil for a client that does not (it gets the history, see replay). A
+// replay larger than one chunk takes a replay slot, and when none is free
+// the client is refused with errReplaysBusy. The caller holds r.mu, so that
+// nothing said meanwhile is lost or doubled between the replay and the live
+// frames.
+func (h *hub) pastFor(r *room, c *conn) (*replayFeed, error) {
+	rs := c.opts.resume
+	if !rs.valid {
+		return nil, nil
+	}
+	events, complete := h.reg.Since(r.name, rs.after)
+	feed := &replayFeed{mark: new(wsio.Frame), frames: make([]*wsio.Frame, 0, len(events)+1), done: func() {}}
+	size := 0
+	for _, ev := range events {
+		f := h.frames.frame(ev)
+		size += f.Len()
+		feed.frames = append(feed.frames, f)
+	}
+	feed.frames = append(feed.frames, wsio.NewTextFrame(resumedMessage(len(events), complete)))
+	if size > replayChunkBytes {
+		if !h.replays.take() {
+			return nil, errReplaysBusy
 		}
-		c.sendFrame(resumedMessage(len(events), complete))
+		feed.done = sync.OnceFunc(h.replays.give)
+	}
+	return feed, nil
+}
+
+// replay queues for c, after its welcome and online frames, the room's
+// past: feed, the replay pastFor made, when c resumes; else the last
+// `history` events, which the handler's send_queue allows for. The caller
+// holds r.mu.
+func (h *hub) replay(r *room, c *conn, feed *replayFeed) {
+	if feed != nil {
+		c.sendReplay(feed)
 		return
 	}
 	if c.opts.history > 0 {
 		for _, ev := range h.reg.History(r.name, c.opts.history) {
-			c.sendFrame(encodeFrame(ev))
+			c.send(h.frames.frame(ev))
 		}
 	}
 	if c.opts.resume.asked {
@@ -66,16 +145,83 @@ func (h *hub) replay(r *room, c *conn) {
 	}
 }
 
-// allowBurst lets the send queue hold n more frames: a replay on joining is
-// not slowness. Before the join, the handler's allowance covers the
-// history.
-func (c *conn) allowBurst(n int) {
-	if n <= 0 {
+// sendReplay queues a replay, as one entry.
+func (c *conn) sendReplay(feed *replayFeed) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closing {
+		feed.done()
 		return
 	}
+	c.replay = feed
+	c.queue = append(c.queue, feed.mark)
+	c.wakeWriter()
+}
+
+// hasReplay reports whether a replay waits for the writer.
+func (c *conn) hasReplay() bool {
 	c.mu.Lock()
-	c.opts.sendQueue += n
+	defer c.mu.Unlock()
+	return c.replay != nil
+}
+
+// dropReplay gives back the slot of a replay the writer never took: the
+// connection ended first.
+func (c *conn) dropReplay() {
+	c.mu.Lock()
+	feed := c.replay
+	c.replay = nil
 	c.mu.Unlock()
+	if feed != nil {
+		feed.done()
+	}
+}
+
+// writeWithReplay writes a batch that holds feed's mark: the frames before
+// it, the replay, then the rest and the ping.
+func (c *conn) writeWithReplay(batch []*wsio.Frame, ping bool, feed *replayFeed) error {
+	defer feed.done()
+	i := slices.Index(batch, feed.mark)
+	if i < 0 { // cannot happen: sendReplay queues the mark with the feed
+		return c.writeBatch(batch, ping)
+	}
+	if err := c.writeBatch(batch[:i], false); err != nil {
+		return err
+	}
+	if err := c.writeReplay(feed); err != nil {
+		return err
+	}
+	return c.writeBatch(batch[i+1:], ping)
+}
+
+// writeReplay writes a replay's frames in chunks of at most
+// replayChunkBytes, each within wsio.WriteWait. A client that does not take
+// a chunk in that time is a slow consumer, and is closed as one. The frames
+// are let go as they are written. A ping that falls due meanwhile goes out
+// with the next chunk: a client reading a long replay slowly answers it,
+// and is not taken for idle.
+func (c *conn) writeReplay(feed *replayFeed) error {
+	for len(feed.frames) > 0 {
+		n, size := 0, 0
+		for n < len(feed.frames) && (n == 0 || size+feed.frames[n].Len() <= replayChunkBytes) {
+			size += feed.frames[n].Len()
+			n++
+		}
+		c.mu.Lock()
+		ping := c.pingDue
+		c.pingDue = false
+		c.mu.Unlock()
+		if err := c.writeBatch(feed.frames[:n], ping); err != nil {
+			var netErr interface{ Timeout() bool }
+			if errors.As(err, &netErr) && netErr.Timeout() {
+				c.closeWith(websocket.ClosePolicyViolation, fmt.Sprintf("too slow: a part of the replay was not read within %v", wsio.WriteWait), dropSlowConsumer)
+			}
+			return err
+		}
+		clear(feed.frames[:n])
+		feed.frames = feed.frames[n:]
+	}
+	return nil
 }
 
 // resumedFrame ends a resume.

@@ -167,28 +167,37 @@ type historyValue struct {
 	Events []*chat.Event `json:"events"`
 }
 
-func decodeHistory(value []byte, lim limits, keep int) ([]*chat.Event, error) {
+// decodeHistory parses and checks a room's history. An event without a
+// seq is dropped, and counted in dropped: a client resuming names the seq
+// of the last message it got, so a message replayed without one could
+// neither be resumed after nor told apart from the live ones. Any other
+// fault rejects the whole value.
+func decodeHistory(value []byte, lim limits, keep int) (events []*chat.Event, dropped int, err error) {
 	if len(value) > maxHistoryBytes {
-		return nil, reject("history of %d bytes", len(value))
+		return nil, 0, reject("history of %d bytes", len(value))
 	}
 	var h historyValue
 	if err := json.Unmarshal(value, &h); err != nil {
-		return nil, reject("history: %v", err)
+		return nil, 0, reject("history: %v", err)
 	}
 	out := make([]*chat.Event, 0, min(len(h.Events), keep))
 	var last uint64
 	for _, ev := range h.Events {
 		if err := checkEvent(ev, lim); err != nil || ev.Kind != chat.KindChat {
-			return nil, reject("history event: %v", err)
+			return nil, 0, reject("history event: %v", err)
 		}
-		if ev.Seq != 0 && ev.Seq < last {
-			return nil, reject("history out of order")
+		if ev.Seq == 0 {
+			dropped++
+			continue
 		}
-		last = max(last, ev.Seq)
+		if ev.Seq < last {
+			return nil, 0, reject("history out of order")
+		}
+		last = ev.Seq
 		out = append(out, ev)
 	}
 	if len(out) > keep {
 		out = out[len(out)-keep:]
 	}
-	return out, nil
+	return out, dropped, nil
 }

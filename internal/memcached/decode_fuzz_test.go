@@ -137,11 +137,12 @@ func FuzzDecodeHistory(f *testing.F) {
 		`{"events":[{"kind":"join","id":"1"}]}`,
 		`{"events":[{"kind":"chat","id":"1","msg":"a","seq":2},{"kind":"chat","id":"2","msg":"b","seq":1}]}`,
 		`{"events":null}`,
+		`{"events":[{"kind":"chat","id":"1","msg":"a","seq":1},{"kind":"chat","id":"2","msg":"no seq"}]}`,
 	} {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, value []byte) {
-		events, err := decodeHistory(value, fuzzLimits, 3)
+		events, _, err := decodeHistory(value, fuzzLimits, 3)
 		if err != nil {
 			return
 		}
@@ -151,6 +152,9 @@ func FuzzDecodeHistory(f *testing.F) {
 		for _, ev := range events {
 			if ev.Kind != chat.KindChat {
 				t.Fatalf("history holds a %s event", ev.Kind)
+			}
+			if ev.Seq == 0 {
+				t.Fatalf("history holds an event without a seq: %+v", ev)
 			}
 			checkAccepted(t, ev)
 		}

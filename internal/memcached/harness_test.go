@@ -63,6 +63,7 @@ type memHistory struct {
 	keep int
 	ev   map[string][]*chat.Event
 	gaps map[string]bool
+	seq  uint64 // the last seq stamped
 }
 
 func (m *memHistory) Publish(room string, ev *chat.Event) {
@@ -71,6 +72,12 @@ func (m *memHistory) Publish(room string, ev *chat.Event) {
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	// Stamped as the real history stamps a local event: a history
+	// written to memcached without seqs is dropped when read back.
+	if ev.Seq == 0 {
+		m.seq++
+		ev.Seq = m.seq
+	}
 	if m.keep == 0 {
 		return
 	}

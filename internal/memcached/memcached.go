@@ -393,11 +393,17 @@ func (r *Backend) loadHistory(room string) []*chat.Event {
 	if err != nil {
 		return nil
 	}
-	events, err := decodeHistory(it.Value, r.lim, maxHistoryEvents)
+	events, dropped, err := decodeHistory(it.Value, r.lim, maxHistoryEvents)
 	if err != nil {
 		r.metrics.rejected("history")
 		r.logger.Warn("ignoring a malformed room history in memcached", zap.String("key", key), zap.Error(err))
 		return nil
+	}
+	if dropped > 0 {
+		for range dropped {
+			r.metrics.rejected("history")
+		}
+		r.logger.Warn("dropping room history entries without a seq from memcached", zap.String("key", key), zap.Int("dropped", dropped))
 	}
 	return events
 }

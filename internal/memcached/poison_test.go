@@ -7,6 +7,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap/zaptest"
+
 	"github.com/caddy-chatroom/chatroom/internal/chat"
 	"github.com/caddy-chatroom/chatroom/internal/testenv"
 )
@@ -134,4 +137,62 @@ func TestPoisonedSnapshotAndHistory(t *testing.T) {
 			t.Errorf("b delivered %s of 1 after the poisoned snapshot", e.ev.Kind)
 		}
 	}
+}
+
+// TestHistoryEntryWithoutSeqDropped: a room history in memcached whose
+// middle event has no seq loads without it, the rest in order, and the
+// dropped one is counted as a rejected history value: a resume could not
+// name it, and a replay must not send a chat frame without one.
+func TestHistoryEntryWithoutSeqDropped(t *testing.T) {
+	skipShort(t)
+	mc := testenv.StartMemcached(t)
+	rejected := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "rejected"}, []string{"value"})
+	b, err := New(Config{Servers: []string{mc.Addr}, Prefix: "ns:", TTL: 2 * time.Second, MaxMessageSize: 8 << 10,
+		History: &memHistory{ev: make(map[string][]*chat.Event)}, Metrics: &Metrics{Rejected: rejected}}, zaptest.NewLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	host := newRecordingHost()
+	if err := b.Start(host); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = b.Close() })
+	b.KeepHistory(5)
+
+	k := keySchema{prefix: "ns:"}
+	mc.Set(k.history("q"), `{"events":[`+
+		`{"kind":"chat","id":"1","msg":"first","seq":10},`+
+		`{"kind":"chat","id":"1","msg":"no seq"},`+
+		`{"kind":"chat","id":"1","msg":"third","seq":12}]}`, 0)
+	b.Warm(t.Context(), "q")
+	h := b.History("q", 5)
+	if len(h) != 2 || h[0].Msg != "first" || h[0].Seq != 10 || h[1].Msg != "third" || h[1].Seq != 12 {
+		t.Fatalf("history loaded = %v, want first (seq 10) and third (seq 12) only", h)
+	}
+	if got := counterValue(t, rejected, "history"); got != 1 {
+		t.Fatalf("rejected history values = %v, want 1 (the event without a seq)", got)
+	}
+}
+
+// counterValue reads the counter of vec with the given label value.
+func counterValue(t *testing.T, vec *prometheus.CounterVec, label string) float64 {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	if err := reg.Register(vec); err != nil {
+		t.Fatal(err)
+	}
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetValue() == label {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return 0
 }

@@ -46,5 +46,8 @@ func NewTextFrame(payload []byte) *Frame {
 	return &Frame{wire: append(wire, payload...), off: off}
 }
 
+// Len is the frame's size on the wire, header included.
+func (f *Frame) Len() int { return len(f.wire) }
+
 // Payload is the message the frame carries.
 func (f *Frame) Payload() []byte { return f.wire[f.off:] }
