@@ -508,12 +508,17 @@ func (l *latencies) add(text []byte, start time.Time) {
 
 // load: rooms rooms with one member on each of two instances; the members
 // on the first send rate messages a second in all, round robin, and those
-// on the second measure when they arrive.
+// on the second measure when they arrive. A second member of each room on
+// the first instance measures local delivery, which waits for the room's
+// seq from memcached (one round trip) and never for a poll.
 func (e *clusterEnv) load(rooms, rate int, window time.Duration) (map[string]float64, error) {
 	start := time.Now()
-	var lat latencies
+	var lat, local latencies
 	room := func(k int) string { return "load-" + strconv.Itoa(k) }
 	if _, err := e.open(1, rooms, room, func(_ int, text []byte) { lat.add(text, start) }); err != nil {
+		return nil, err
+	}
+	if _, err := e.open(0, rooms, room, func(_ int, text []byte) { local.add(text, start) }); err != nil {
 		return nil, err
 	}
 	senders, err := e.open(0, rooms, room, nil)
@@ -529,6 +534,7 @@ func (e *clusterEnv) load(rooms, rate int, window time.Duration) (map[string]flo
 	// its idle period until the first messages arrive.
 	const warmUp = time.Second
 	lat.from.Store(int64(time.Since(start) + warmUp))
+	local.from.Store(lat.from.Load())
 	tick := time.NewTicker(time.Second / time.Duration(rate))
 	defer tick.Stop()
 	sent := 0
@@ -555,6 +561,11 @@ func (e *clusterEnv) load(rooms, rate int, window time.Duration) (map[string]flo
 	out["received"] = float64(lat.n.Load())
 	out["p50_ms"] = ms(lat.h.quantile(0.5))
 	out["p99_ms"] = ms(lat.h.quantile(0.99))
+	local.mu.Lock()
+	defer local.mu.Unlock()
+	out["local_received"] = float64(local.n.Load())
+	out["local_p50_ms"] = ms(local.h.quantile(0.5))
+	out["local_p99_ms"] = ms(local.h.quantile(0.99))
 	return out, nil
 }
 
