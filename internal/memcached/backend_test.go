@@ -407,3 +407,28 @@ func TestRelayWaitsForAnEntryInFlight(t *testing.T) {
 		}
 	}
 }
+
+// TestSeqNeverWrittenIsGivenUp: a writer that takes a room's seq and dies
+// before relaying the message leaves a hole in the room's order. Every
+// instance waits for it at most cluster.GapWait, then delivers what came
+// after, and marks the history so that a resume across it is incomplete.
+func TestSeqNeverWrittenIsGivenUp(t *testing.T) {
+	skipShort(t)
+	mc, a, b := pair(t, "hole:", 30*time.Second)
+	k := keySchema{prefix: "hole:"}
+	mc.Incr(k.seq("r"), 1) // taken, never relayed
+	a.Chat("r", chatEv("1", "after the hole"))
+	for _, r := range []*testBackend{a, b} {
+		got := r.host.await(t, "the message after the hole", func(e hostEvent) bool { return e.ev.Kind == chat.KindChat })
+		if got.ev.Msg != "after the hole" {
+			t.Fatalf("delivered %q, want the message after the hole", got.ev.Msg)
+		}
+		h := r.hist.(*memHistory)
+		h.mu.Lock()
+		gap := h.gaps["r"]
+		h.mu.Unlock()
+		if !gap {
+			t.Fatal("the hole was given up without marking the room's history")
+		}
+	}
+}

@@ -113,6 +113,8 @@ type Backend struct {
 	warm            map[string]time.Time              // rooms prepared by Warm for a joiner on its way
 	orders          map[string]*cluster.Orderer       // the chat order of each room hosted or warm (order.go)
 	waiting         map[string]bool                   // rooms whose order holds messages for a lower seq
+	lostLoggedAt    time.Time                         // when given-up seqs were last logged
+	lostUnlogged    uint64                            // seqs given up since, not logged
 	unorderedLogged bool                              // the first chat without a seq was logged
 	view            *cluster.View                     // the other instances' members
 	idHigh          map[string]uint64                 // highest counter id each instance obtained

@@ -209,7 +209,7 @@ func (r *Backend) releasedLocked(room string, o *cluster.Orderer, rel cluster.Re
 	if rel.Lost > 0 {
 		r.metrics.lost(rel.Lost)
 		r.hist.MarkGap(room, rel.LostThrough)
-		r.logger.Warn("chat messages of another instance never arrived: given up, and resumes across them are incomplete", zap.String("room", room), zap.Uint64("seqs", rel.Lost), zap.Uint64("through", rel.LostThrough))
+		r.logLostLocked(room, rel)
 	}
 	if o.Waiting() {
 		r.waiting[room] = true
@@ -320,4 +320,23 @@ func (r *Backend) CatchUp(ctx context.Context, room string, since uint64) {
 	for behind() && ctx.Err() == nil {
 		r.advanced.Wait()
 	}
+}
+
+// lostLogEvery bounds how often given-up seqs are logged: a memcached
+// restart under traffic gives up a seq per message for a while, and one
+// line per loss would flood the log. The metric counts every one.
+const lostLogEvery = 10 * time.Second
+
+// logLostLocked logs given-up seqs: the first at once, then at most one
+// line per lostLogEvery, with how many went unlogged. The caller holds
+// r.mu.
+func (r *Backend) logLostLocked(room string, rel cluster.Released) {
+	now := time.Now()
+	if !r.lostLoggedAt.IsZero() && now.Sub(r.lostLoggedAt) < lostLogEvery {
+		r.lostUnlogged += rel.Lost
+		return
+	}
+	r.logger.Warn("chat messages of another instance never arrived: given up, and resumes across them are incomplete",
+		zap.String("room", room), zap.Uint64("seqs", rel.Lost), zap.Uint64("through", rel.LostThrough), zap.Uint64("given_up_since_last_line", r.lostUnlogged))
+	r.lostLoggedAt, r.lostUnlogged = now, 0
 }
