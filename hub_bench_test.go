@@ -60,7 +60,7 @@ func newBenchRoom(b *testing.B, n int) *benchRoom {
 	}
 	tr := wsio.NewTransport(zap.NewNop())
 	b.Cleanup(tr.Close)
-	upgrader := wsio.NewUpgrader()
+	upgrader := wsio.NewUpgrader(wsio.Compression{})
 	opts := connOptions{sendQueue: 1 << 16, pingInterval: time.Hour, rateLimit: 1e9, rateBurst: 1e9}
 	accepted := make(chan wsio.Conn, 1)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -68,7 +68,7 @@ func newBenchRoom(b *testing.B, n int) *benchRoom {
 		b.Fatal(err)
 	}
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-		wc, err := tr.Upgrade(&upgrader, w, req)
+		wc, err := tr.Upgrade(upgrader, w, req)
 		if err != nil {
 			b.Error(err)
 			return

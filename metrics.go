@@ -63,7 +63,7 @@ func newMetrics() *metrics {
 	for _, what := range memcached.RejectedKinds {
 		m.memcachedRejected.WithLabelValues(what)
 	}
-	for _, reason := range []string{dropSlowConsumer, dropTooBig, dropBinary, dropBadUTF8, dropIdle, dropShutdown, dropWriteError} {
+	for _, reason := range []string{dropSlowConsumer, dropTooBig, dropBinary, dropBadUTF8, dropIdle, dropShutdown, dropWriteError, dropBadDeflate} {
 		m.dropped.WithLabelValues(reason)
 	}
 	return m

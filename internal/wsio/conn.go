@@ -20,6 +20,12 @@ type Conn struct {
 	br  *bufio.Reader // gorilla's read buffer when it is out's; else nil: no parking
 	t   *Transport
 
+	// deflateMin is the shortest payload sent compressed; 0 when the
+	// connection did not negotiate permessage-deflate.
+	deflateMin int
+	// limit is the largest message, inflated, that ReadMessage takes.
+	limit int64
+
 	// The reader's: the poller registration.
 	poller    *poller
 	waker     Waker
@@ -39,8 +45,8 @@ func newConn(ws *websocket.Conn, out *batchConn, t *Transport) Conn {
 	return Conn{ws: ws, out: out, br: readerOf(ws, out.br), t: t}
 }
 
-// WS is the gorilla connection, for reading messages and for the read
-// settings (limit, deadline, pong handler). Writes go through Conn.
+// WS is the gorilla connection, for the read deadline and the pong
+// handler. Messages are read, and writes made, through Conn.
 func (c *Conn) WS() *websocket.Conn { return c.ws }
 
 // WriteFrames writes frames, and a ping if ping is set, within WriteWait,
@@ -59,7 +65,11 @@ func (c *Conn) WriteFrames(frames []*Frame, ping bool) error {
 
 func (c *Conn) writeFrames(frames []*Frame, ping bool, deadline time.Time) error {
 	for _, f := range frames {
-		if err := c.out.writeFrame(f.wire); err != nil {
+		wire := f.wire
+		if c.deflateMin > 0 && len(wire)-f.off >= c.deflateMin {
+			wire = f.compressed(&c.t.zs)
+		}
+		if err := c.out.writeFrame(wire); err != nil {
 			return err
 		}
 	}
