@@ -13,13 +13,17 @@
 #         "off" is the server without compression and plain clients,
 #         "deflate" the server with it and clients that offer it (and
 #         compress what they send, as browsers do)
+#   S2r:  the same at a fixed 100 msg/s per sender (80,000 deliveries/s),
+#         which both sustain: in S2 the clients' inflating, not the server,
+#         sets the pace once they deflate, so this compares the server's
+#         CPU per delivery at equal work
 #   S3:   10,000 idle connections in one room, held 20 s, off and deflate
 #
 # RUNS times each (default 3), off and deflate alternating, each run on a
 # fresh server, and prints a table of medians. Everything listens on
-# 127.0.0.1 only; every step is bounded by `timeout`. About 7 minutes on 2
+# 127.0.0.1 only; every step is bounded by `timeout`. About 10 minutes on 2
 # cores. Environment: RUNS, S2_SECONDS, S3_CLIENTS, S3_SECONDS, SCENARIOS
-# (default "wire S2 S3"), CADDY, PORT (two ports from PORT are used).
+# (default "wire S2 S2r S3"), CADDY, PORT (two ports from PORT are used).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -27,7 +31,7 @@ RUNS=${RUNS:-3}
 S2_SECONDS=${S2_SECONDS:-15}
 S3_CLIENTS=${S3_CLIENTS:-10000}
 S3_SECONDS=${S3_SECONDS:-20}
-SCENARIOS=" ${SCENARIOS:-wire S2 S3} "
+SCENARIOS=" ${SCENARIOS:-wire S2 S2r S3} "
 PORT=${PORT:-18680}
 ADMIN=$((PORT + 1))
 OUT=${1:-$(mktemp -d /tmp/chatroom-compression-XXXXXX)}
@@ -103,6 +107,11 @@ fi
 want S2 && for i in $(seq "$RUNS"); do
 	for label in off deflate; do
 		run S2 "$label" load -clients 200 -senders 4 -window 16 -payload 64 -duration "${S2_SECONDS}s"
+	done
+done
+want S2r && for i in $(seq "$RUNS"); do
+	for label in off deflate; do
+		run S2r "$label" load -clients 200 -senders 4 -rate 100 -payload 64 -duration "${S2_SECONDS}s"
 	done
 done
 want S3 && for i in $(seq "$RUNS"); do
