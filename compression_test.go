@@ -228,3 +228,28 @@ func TestCompressionOffByDefault(t *testing.T) {
 	sender.send(map[string]any{"msg": long})
 	c.await("the long message", isChat(senderID, long))
 }
+
+// TestCompressionBadDeflate: a compressed message that does not inflate
+// closes its sender with 1007, counted as bad_deflate; the others chat on.
+func TestCompressionBadDeflate(t *testing.T) {
+	p := startCaddy(t, faultSite("compression"))
+	url := p.url("ws", "/ws")
+	rc := joinRoom(t, url, 2)
+	offender, _, _ := dialCounted(t, url, true)
+	oid, _ := offender.login()
+	for _, c := range rc.clients {
+		c.await("join of the offender", isEvent("join", oid))
+	}
+	dropped := p.metric(seriesDropped(dropBadDeflate))
+	writeRawFrame(t, offender, 0x80|0x40|0x1, []byte{0xff, 0xff, 0xff, 0xff, 0x00}) // no deflate block starts so
+	if code := offender.awaitClose(); code != websocket.CloseInvalidFramePayloadData {
+		t.Errorf("close code %d, want 1007", code)
+	}
+	for _, c := range rc.clients {
+		if f := c.next(); !isEvent("leave", oid)(f) {
+			t.Errorf("%s: next frame is %v, want the offender's leave", c.name, f)
+		}
+	}
+	rc.chatRound(t, "after the offender")
+	p.awaitMetric(seriesDropped(dropBadDeflate), "one bad_deflate drop", func(v float64) bool { return v == dropped+1 })
+}

@@ -66,7 +66,7 @@ func (c *Conn) WriteFrames(frames []*Frame, ping bool) error {
 func (c *Conn) writeFrames(frames []*Frame, ping bool, deadline time.Time) error {
 	for _, f := range frames {
 		wire := f.wire
-		if c.deflateMin > 0 && len(wire)-f.off >= c.deflateMin {
+		if c.compresses(f) {
 			wire = f.compressed(&c.t.zs)
 		}
 		if err := c.out.writeFrame(wire); err != nil {
@@ -77,6 +77,24 @@ func (c *Conn) writeFrames(frames []*Frame, ping bool, deadline time.Time) error
 		return c.ws.WriteControl(websocket.PingMessage, nil, deadline)
 	}
 	return nil
+}
+
+// compresses reports whether the connection sends f compressed: it
+// negotiated compression and f is not too short for it.
+func (c *Conn) compresses(f *Frame) bool {
+	return c.deflateMin > 0 && len(f.wire)-f.off >= c.deflateMin
+}
+
+// Precompress makes f's compressed form now when this connection would
+// send f compressed. A broadcaster calls it before it queues f, so that the
+// frame is compressed on its goroutine, once, before any member's writer
+// runs: otherwise the writers of the members that negotiated compression
+// would wait in line behind the first of them, each a goroutine parked and
+// woken. It may run concurrently with WriteFrames.
+func (c *Conn) Precompress(f *Frame) {
+	if c.compresses(f) {
+		f.compressed(&c.t.zs)
+	}
 }
 
 // CloseWith sends a close frame with code and text, within CloseWait, and
