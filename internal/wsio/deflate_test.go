@@ -392,9 +392,10 @@ func TestReadDeflated(t *testing.T) {
 	msg := chatText(5000)
 	z := deflate(t, []byte(msg))
 	third := len(z) / 3
+	const opContinuation = 0x0
 	raw.write(rsv1Bit|opText, z[:third])          // first frame: RSV1, not final
-	raw.write(0x0, z[third:2*third])              // continuation
-	raw.write(finBit|0x0, z[2*third:])            // final continuation
+	raw.write(opContinuation, z[third:2*third])   // continuation
+	raw.write(finBit|opContinuation, z[2*third:]) // final continuation
 	raw.write(finBit|opText, []byte("plain one")) // and a plain message after it
 	for _, want := range []string{msg, "plain one"} {
 		_, data, err := s.ReadMessage()
