@@ -29,8 +29,8 @@ const CloseWait = time.Second
 const readBufferSize = 288
 
 // Transport is what a set of connections shares: the batch buffers, the
-// compressors and the poller that parked connections wait on. It outlives config reloads with
-// the hub it serves.
+// compressors and the poller that parked connections wait on. It outlives
+// config reloads with the hub it serves.
 type Transport struct {
 	logger *zap.Logger
 	bufs   bufPool
