@@ -532,3 +532,31 @@ func BenchmarkCompressFrame(b *testing.B) {
 	}
 	b.ReportMetric(float64(out)/float64(len(payload)+2), "wire-ratio")
 }
+
+// TestPrecompress: a broadcaster's Precompress compresses a frame for a
+// connection that negotiated compression, and only a frame it would send
+// compressed; a plain connection leaves the frame as it is.
+func TestPrecompress(t *testing.T) {
+	z, _ := upgradePairDeflate(t, Compression{Enabled: true, MinSize: 128}, true, releaseHandshake)
+	plain, _ := upgradePairDeflate(t, Compression{Enabled: true, MinSize: 128}, false, releaseHandshake)
+	long, short := NewTextFrame([]byte(chatText(500))), NewTextFrame([]byte(chatText(127)))
+	for _, f := range []*Frame{long, short} {
+		plain.Precompress(f)
+		if f.z.Load() != nil {
+			t.Fatal("Precompress on a connection without compression compressed the frame")
+		}
+	}
+	z.Precompress(short)
+	if short.z.Load() != nil {
+		t.Error("Precompress compressed a frame under MinSize")
+	}
+	z.Precompress(long)
+	zp := long.z.Load()
+	if zp == nil || len(*zp) >= len(long.wire) || (*zp)[0] != finBit|rsv1Bit|opText {
+		t.Fatal("Precompress did not leave the frame's compressed form ready")
+	}
+	z.Precompress(long)
+	if long.z.Load() != zp {
+		t.Error("a second Precompress compressed the frame again")
+	}
+}
