@@ -203,6 +203,7 @@ func (r *room) broadcastPresence(frame []byte, kind presenceKind, except *conn, 
 	pm := wsio.NewTextFrame(frame)
 	for _, c := range r.members {
 		if c != except {
+			c.wc.Precompress(pm) // as in broadcast
 			c.sendPresence(pm, kind, refresh)
 		}
 	}

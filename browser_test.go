@@ -46,7 +46,8 @@ func browserPrerequisites() (node string, missing string) {
 
 // TestBrowser runs the page's end-to-end tests: two people chatting both
 // ways, names, presence, HTML and script payloads shown as text, and a
-// reconnect after the server restarts. With CHATROOM_UPDATE_SCREENSHOT=1 it
+// reconnect after the server restarts, all with `compression` on, which
+// Chromium negotiates. With CHATROOM_UPDATE_SCREENSHOT=1 it
 // also writes docs/screenshot.png and docs/screenshot-phone.png.
 func TestBrowser(t *testing.T) {
 	if testing.Short() {
@@ -67,7 +68,9 @@ func TestBrowser(t *testing.T) {
 	// `user` from a cookie lets the script open a page with an
 	// authenticated name (a test stand-in for basic_auth or forward_auth:
 	// a cookie is not authentication); pages without it choose nicks.
-	body := fmt.Sprintf("\troot * %q\n\tchatroom /ws {\n\t\troom {query.room}\n\t\thistory 50\n\t\tuser {http.request.cookie.chatuser}\n\t\tpresence_limit 3\n\t}\n\tfile_server", public)
+	// compression: browsers offer permessage-deflate, so the whole run
+	// goes through it (the run without is every other test's).
+	body := fmt.Sprintf("\troot * %q\n\tchatroom /ws {\n\t\troom {query.room}\n\t\thistory 50\n\t\tuser {http.request.cookie.chatuser}\n\t\tpresence_limit 3\n\t\tcompression\n\t}\n\tfile_server", public)
 	p := startCaddy(t, body)
 
 	// The script asks for restarts over HTTP; the restart itself runs here,
@@ -95,6 +98,7 @@ func TestBrowser(t *testing.T) {
 	env := append(os.Environ(),
 		"CHATROOM_URL="+p.url("http", ""),
 		"CHATROOM_CONTROL_URL="+control.URL,
+		"CHATROOM_COMPRESSION=1",
 		"XDG_CONFIG_HOME="+t.TempDir(),
 		"XDG_CACHE_HOME="+t.TempDir(),
 	)

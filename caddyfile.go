@@ -43,6 +43,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		resume_window <duration>
 //		presence_limit <n>
 //		max_rooms <n>
+//		compression [<min_size>]
 //	}
 func (c *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the directive's name
@@ -167,11 +168,35 @@ func (c *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 			c.MaxRooms = &n
+		case "compression":
+			comp, err := compressionArgs(d)
+			if err != nil {
+				return err
+			}
+			c.Compression = comp
 		default:
 			return d.Errf("unrecognized chatroom subdirective %q", sub)
 		}
 	}
 	return nil
+}
+
+// compressionArgs reads `compression [<min_size>]`: on, sending frames
+// from min_size bytes up compressed (DefaultCompressionMinSize without it).
+func compressionArgs(d *caddyfile.Dispenser) (*Compression, error) {
+	args := d.RemainingArgs()
+	switch len(args) {
+	case 0:
+		return &Compression{MinSize: DefaultCompressionMinSize}, nil
+	case 1:
+		size, err := humanize.ParseBytes(args[0])
+		if err != nil || size == 0 || size > MaxCompressionMinSize {
+			return nil, d.Errf("compression: bad minimum size %q: want a size such as 128 or 1KiB, from 1B to 1GiB", args[0])
+		}
+		return &Compression{MinSize: int(size)}, nil
+	default:
+		return nil, d.Errf("compression: want at most one argument, the smallest frame to compress (e.g. 128), got %d", len(args))
+	}
 }
 
 // oneArg reads the single argument of the current subdirective.

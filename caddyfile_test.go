@@ -49,6 +49,9 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		{"presence_limit", "chatroom {\n presence_limit 20\n}", Handler{PresenceLimit: 20}},
 		{"max_rooms", "chatroom {\n max_rooms 50\n}", Handler{MaxRooms: intPtr(50)}},
 		{"max_rooms no limit", "chatroom {\n max_rooms 0\n}", Handler{MaxRooms: intPtr(0)}},
+		{"compression", "chatroom {\n compression\n}", Handler{Compression: &Compression{MinSize: DefaultCompressionMinSize}}},
+		{"compression min_size", "chatroom {\n compression 1KiB\n}", Handler{Compression: &Compression{MinSize: 1024}}},
+		{"compression bytes", "chatroom {\n compression 64\n}", Handler{Compression: &Compression{MinSize: 64}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -105,6 +108,10 @@ func TestUnmarshalCaddyfileErrors(t *testing.T) {
 		{"presence_limit too large", "chatroom {\n presence_limit 10001\n}", "from 1 to 10000"},
 		{"max_rooms negative", "chatroom {\n max_rooms -1\n}", `max_rooms: bad number "-1"`},
 		{"max_rooms missing", "chatroom {\n max_rooms\n}", "max_rooms: want exactly one argument, got 0"},
+		{"compression bad size", "chatroom {\n compression small\n}", `compression: bad minimum size "small"`},
+		{"compression zero", "chatroom {\n compression 0\n}", `compression: bad minimum size "0"`},
+		{"compression too large", "chatroom {\n compression 2GiB\n}", `compression: bad minimum size "2GiB"`},
+		{"compression two args", "chatroom {\n compression 128 256\n}", "compression: want at most one argument"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -134,6 +141,11 @@ func TestAdaptErrorNamesLine(t *testing.T) {
 	if !strings.Contains(err.Error(), "Caddyfile:4") || !strings.Contains(err.Error(), `send_queue: bad number "lots"`) {
 		t.Errorf("adapt error = %q, want it to name Caddyfile:4 and the bad value", err)
 	}
+	input = "http://localhost:8080 {\n\tchatroom /ws {\n\t\tcompression tiny\n\t}\n}\n"
+	_, _, err = caddyconfig.GetAdapter("caddyfile").Adapt([]byte(input), map[string]any{"filename": "Caddyfile"})
+	if err == nil || !strings.Contains(err.Error(), "Caddyfile:3") || !strings.Contains(err.Error(), `compression: bad minimum size "tiny"`) {
+		t.Errorf("adapting `compression tiny`: error %v, want it to name Caddyfile:3 and the bad value", err)
+	}
 }
 
 func TestValidateJSONConfig(t *testing.T) {
@@ -152,6 +164,7 @@ func TestValidateJSONConfig(t *testing.T) {
 		{"resume window too long", Handler{ResumeWindow: caddy.Duration(25 * time.Hour)}, "resume_window must be positive and at most 24h"},
 		{"presence limit", Handler{PresenceLimit: -3}, "presence_limit"},
 		{"max rooms", Handler{MaxRooms: intPtr(-1)}, "max_rooms"},
+		{"compression min_size", Handler{Compression: &Compression{MinSize: -1}}, "compression min_size"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

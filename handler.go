@@ -77,14 +77,15 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	opts.nickLocked = member.User != ""
 	opts.resume = parseSince(r.URL.RawQuery, time.Now())
 
-	wc, err := h.transport.Upgrade(&h.upgrader, w, r)
+	wc, err := h.transport.Upgrade(h.upgrader, w, r)
 	if err != nil {
 		// The upgrader has answered the client already.
 		h.hub.release()
 		h.logger.Debug("websocket upgrade failed", zap.Error(err))
 		return nil
 	}
-	wc.WS().SetReadLimit(h.MaxMessageSize)
+	// Of the message as inflated, when the client compresses.
+	wc.SetReadLimit(h.MaxMessageSize)
 	c := newConn(wc, h.hub, roomName, member, opts, h.logger)
 	c.via = h.ref
 	// The join and the first write run here, on a stack that has grown

@@ -268,8 +268,9 @@ func (r *room) author(ev *chat.Event) *conn {
 }
 
 // broadcast queues one frame for every member but except. The frame is
-// encoded once, so every member shares the same bytes on the wire. The
-// caller holds r.mu.
+// encoded once, so every member shares the same bytes on the wire; with
+// compression, it is compressed once too, here, and the members that
+// negotiated it share those bytes. The caller holds r.mu.
 func (r *room) broadcast(frame []byte, except *conn) {
 	if len(r.members) == 0 || len(r.members) == 1 && r.members[0] == except {
 		return
@@ -277,6 +278,7 @@ func (r *room) broadcast(frame []byte, except *conn) {
 	pm := wsio.NewTextFrame(frame)
 	for _, c := range r.members {
 		if c != except {
+			c.wc.Precompress(pm) // once, at the first member that wants it
 			c.send(pm)
 		}
 	}

@@ -45,6 +45,7 @@ const (
 	dropIdle         = "idle"
 	dropShutdown     = "shutdown"
 	dropWriteError   = "write_error"
+	dropBadDeflate   = "bad_deflate"
 )
 
 // conn is one chat member: a WebSocket connection in a room.
@@ -57,7 +58,7 @@ const (
 // and a small read buffer.
 type conn struct {
 	wc       wsio.Conn       // the transport: writes, close, parking; never copied
-	ws       *websocket.Conn // wc's gorilla connection, for reading
+	ws       *websocket.Conn // wc's gorilla connection, for the read deadline and the pong handler
 	hub      *hub
 	opts     connOptions
 	limit    *sendLimit // made on the first frame: most members only read
@@ -210,8 +211,15 @@ func (c *conn) teardown() {
 func (c *conn) noteReadError(err error) {
 	var netErr interface{ Timeout() bool }
 	switch {
+	case errors.Is(err, wsio.ErrBadDeflate):
+		// wsio has sent close 1007 already.
+		c.hub.metrics.dropped.WithLabelValues(dropBadDeflate).Inc()
+		c.mu.Lock()
+		c.closedBy = dropBadDeflate
+		c.mu.Unlock()
 	case errors.Is(err, websocket.ErrReadLimit):
-		// gorilla has sent close 1009 already.
+		// gorilla, or wsio for a message too big once inflated, has sent
+		// close 1009 already.
 		c.hub.metrics.dropped.WithLabelValues(dropTooBig).Inc()
 		c.mu.Lock()
 		c.closedBy = dropTooBig

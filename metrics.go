@@ -67,7 +67,7 @@ func newMetrics() *metrics {
 	for _, what := range memcached.RejectedKinds {
 		m.memcachedRejected.WithLabelValues(what)
 	}
-	for _, reason := range []string{dropSlowConsumer, dropTooBig, dropBinary, dropBadUTF8, dropIdle, dropShutdown, dropWriteError, dropReplaysBusy} {
+	for _, reason := range []string{dropSlowConsumer, dropTooBig, dropBinary, dropBadUTF8, dropIdle, dropShutdown, dropWriteError, dropReplaysBusy, dropBadDeflate} {
 		m.dropped.WithLabelValues(reason)
 	}
 	return m

@@ -11,7 +11,6 @@ import (
 	"github.com/caddy-chatroom/chatroom/internal/wsio"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
-	"github.com/gorilla/websocket"
 	"go.uber.org/zap"
 	"golang.org/x/time/rate"
 )
@@ -32,10 +31,18 @@ const (
 	DefaultTTL            = 30 * time.Second
 	DefaultPresenceLimit  = 100
 	DefaultMaxRooms       = 10000
+
+	// DefaultCompressionMinSize is the shortest frame sent compressed
+	// when `compression` is on without a size.
+	DefaultCompressionMinSize = 128
 )
 
 // MaxHistory is the largest `history` a room may replay.
 const MaxHistory = 1000
+
+// MaxCompressionMinSize is the largest `compression` size: 1 GiB, the
+// largest max_message_size.
+const MaxCompressionMinSize = 1 << 30
 
 // MaxPresenceLimit is the largest `presence_limit`: the online list a
 // joiner is sent holds at most that many members.
@@ -117,15 +124,29 @@ type Handler struct {
 	// can be told from unset. Default: 10000.
 	MaxRooms *int `json:"max_rooms,omitempty"`
 
+	// Compression turns on permessage-deflate (RFC 7692) for clients that
+	// offer it, with no context takeover either way; browsers offer it.
+	// A frame to many members is compressed once. Default: off.
+	Compression *Compression `json:"compression,omitempty"`
+
 	hub       *hub
 	transport *wsio.Transport // the sockets of the hub's connections
 	hubKey    string
 	ref       *handlerRef // this handler's place, known across reloads (reload.go)
 	metrics   *metrics
 	logger    *zap.Logger
-	upgrader  websocket.Upgrader
+	upgrader  *wsio.Upgrader
 	opts      connOptions
 	origins   originSet
+}
+
+// Compression is the `compression` setting: permessage-deflate for the
+// clients that offer it.
+type Compression struct {
+	// MinSize is the shortest frame, in bytes, sent compressed; shorter
+	// ones go plain, where deflate saves a few bytes at most and costs a
+	// compression each. Default: 128.
+	MinSize int `json:"min_size,omitempty"`
 }
 
 // RateLimit is a number of chat messages per interval.
@@ -179,7 +200,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.ref = h.hub.attach(func() string { return handlerLocation(mods, h) })
 
 	h.origins = newOriginSet(h.Origins)
-	h.upgrader = wsio.NewUpgrader()
+	h.upgrader = wsio.NewUpgrader(h.compression())
 	h.opts = connOptions{
 		history:      h.History,
 		sendQueue:    h.SendQueue + h.History + 2, // a joiner's burst (welcome, online list, history) is not slowness
@@ -232,6 +253,17 @@ func (h *Handler) setDefaults() {
 		n := DefaultMaxRooms
 		h.MaxRooms = &n
 	}
+	if h.Compression != nil && h.Compression.MinSize == 0 {
+		h.Compression.MinSize = DefaultCompressionMinSize
+	}
+}
+
+// compression is the transport's form of the `compression` setting.
+func (h *Handler) compression() wsio.Compression {
+	if h.Compression == nil {
+		return wsio.Compression{}
+	}
+	return wsio.Compression{Enabled: true, MinSize: h.Compression.MinSize}
 }
 
 // Validate checks the settings; it runs after Provision has filled in
@@ -271,6 +303,8 @@ func (h *Handler) Validate() error {
 		return fmt.Errorf("presence_limit must be between 1 and %d, got %d", MaxPresenceLimit, h.PresenceLimit)
 	case h.MaxRooms != nil && *h.MaxRooms < 0:
 		return fmt.Errorf("max_rooms must be 0 or more, got %d", *h.MaxRooms)
+	case h.Compression != nil && (h.Compression.MinSize < 0 || h.Compression.MinSize > MaxCompressionMinSize):
+		return fmt.Errorf("compression min_size must be between 1 and %d bytes, got %d", MaxCompressionMinSize, h.Compression.MinSize)
 	}
 	return nil
 }

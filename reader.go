@@ -42,7 +42,7 @@ func (c *conn) readFrame() error {
 		c.heard()
 		return nil
 	}
-	kind, data, err := c.ws.ReadMessage()
+	kind, data, err := c.wc.ReadMessage()
 	if err != nil {
 		return err
 	}

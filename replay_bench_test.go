@@ -67,14 +67,14 @@ func benchStalledResume(b *testing.B, n, messages, size int) float64 {
 
 	tr := wsio.NewTransport(zap.NewNop())
 	defer tr.Close()
-	upgrader := wsio.NewUpgrader()
+	upgrader := wsio.NewUpgrader(wsio.Compression{})
 	accepted := make(chan wsio.Conn, 1)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)
 	}
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-		wc, err := tr.Upgrade(&upgrader, w, req)
+		wc, err := tr.Upgrade(upgrader, w, req)
 		if err != nil {
 			b.Error(err)
 			return

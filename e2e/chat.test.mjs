@@ -8,6 +8,9 @@
 //   CHATROOM_SCREENSHOT_DIR  where to write screenshot.png (two tabs chatting)
 //                          and screenshot-phone.png (390 px wide); none when unset
 //   CHATROOM_CHROMIUM      the browser, default /usr/bin/chromium
+//   CHATROOM_COMPRESSION   1 when the server has `compression` on: the
+//                          compression test then runs and checks that
+//                          Chromium negotiated permessage-deflate
 //
 // Run with: node --test --test-reporter=spec e2e/chat.test.mjs
 import { test, before, after } from 'node:test';
@@ -19,6 +22,7 @@ import { chromium } from 'playwright-core';
 const BASE = process.env.CHATROOM_URL;
 const CONTROL = process.env.CHATROOM_CONTROL_URL || '';
 const SHOTS = process.env.CHATROOM_SCREENSHOT_DIR || '';
+const COMPRESSION = process.env.CHATROOM_COMPRESSION === '1';
 // Bounds every wait on the page: long enough for a loaded 2-core machine
 // running Caddy with the race detector.
 const WAIT = 20_000;
@@ -284,6 +288,48 @@ test('two browser contexts chat both ways', { timeout: TEST_TIMEOUT }, async () 
       assertNoProblems(phone);
     } finally {
       await phone.context.close();
+    }
+    assertNoProblems(alice, bob);
+  } finally {
+    await alice.context.close();
+    await bob.context.close();
+  }
+});
+
+test('with compression on, Chromium negotiates permessage-deflate and long messages and history arrive intact', { timeout: TEST_TIMEOUT, skip: COMPRESSION ? false : 'CHATROOM_COMPRESSION is not 1' }, async () => {
+  const room = uniqueRoom('deflate');
+  const alice = await openChat(room);
+  const bob = await openChat(room);
+  try {
+    // The page's own socket is out of reach: a second one from the same
+    // page shows what Chromium and the server agreed on.
+    const extensions = await alice.page.evaluate((r) => new Promise((resolve, reject) => {
+      const ws = new WebSocket(`${location.origin.replace(/^http/, 'ws')}/ws?room=${encodeURIComponent(r)}`);
+      ws.onopen = () => { resolve(ws.extensions); ws.close(); };
+      ws.onerror = () => reject(new Error('the test socket failed'));
+    }), room);
+    assert.match(extensions, /^permessage-deflate\b/, 'the socket negotiated permessage-deflate');
+    assert.match(extensions, /server_no_context_takeover/);
+    assert.match(extensions, /client_no_context_takeover/);
+
+    await awaitOnline(bob.page, [alice.id, bob.id]);
+    // Long enough to be sent compressed both ways (Chromium compresses what
+    // it sends too); non-ASCII to catch a byte cut in the wrong place.
+    const long = 'Compressed once for the room, inflated by each browser: ünïcødé ✓ '.repeat(12);
+    await send(alice.page, long);
+    const got = await awaitMessage(bob.page, long);
+    assert.equal(got.mine, false, 'the long message shows intact at the other side');
+    await send(bob.page, 'short');
+    await awaitMessage(alice.page, 'short');
+
+    // The history (history 50 in browser_test.go) is replayed compressed.
+    const carol = await openChat(room);
+    try {
+      await awaitMessage(carol.page, long);
+      await awaitMessage(carol.page, 'short');
+      assertNoProblems(carol);
+    } finally {
+      await carol.context.close();
     }
     assertNoProblems(alice, bob);
   } finally {

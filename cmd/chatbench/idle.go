@@ -23,6 +23,7 @@ func runIdle(args []string) error {
 	label := fs.String("label", "", "label for the result")
 	scenario := fs.String("scenario", "", "scenario name for the result")
 	jsonOut := fs.String("json", "", "append the result as one JSON line to this file")
+	deflate := fs.Bool("deflate", false, "clients offer permessage-deflate")
 	_ = fs.Parse(args)
 
 	if *n < 1 || *n > 100000 {
@@ -50,7 +51,7 @@ func runIdle(args []string) error {
 		}
 	}
 	t0 := time.Now()
-	conns, err := dialAll(*n, *parallel, func(i int) string {
+	conns, err := dialAllWith(dialerFor(*deflate), *n, *parallel, func(i int) string {
 		if *roomSize > 0 {
 			return roomURL(base, *roomParam, fmt.Sprintf("idle-%d", i / *roomSize))
 		}

@@ -28,6 +28,7 @@ type loadConfig struct {
 	label, json    string
 	scenario       string
 	windowTimeout  time.Duration
+	deflate        bool
 	quietThreshold time.Duration
 }
 
@@ -49,6 +50,7 @@ func runLoad(args []string) error {
 	fs.StringVar(&cfg.label, "label", "", "label for the result (e.g. ours, baseline)")
 	fs.StringVar(&cfg.scenario, "scenario", "", "scenario name for the result (e.g. S1)")
 	fs.StringVar(&cfg.json, "json", "", "append the result as one JSON line to this file")
+	fs.BoolVar(&cfg.deflate, "deflate", false, "clients offer permessage-deflate (and compress what they send, as browsers do)")
 	fs.DurationVar(&cfg.windowTimeout, "window-timeout", 2*time.Second, "longest wait for a window slot before sending anyway (counted as a stall)")
 	_ = fs.Parse(args)
 	cfg.quietThreshold = 500 * time.Millisecond
@@ -80,7 +82,7 @@ func runLoad(args []string) error {
 	}
 	raiseFileLimit()
 
-	conns, err := dialAll(cfg.clients, cfg.dialParallel, func(int) string { return base.String() })
+	conns, err := dialAllWith(dialerFor(cfg.deflate), cfg.clients, cfg.dialParallel, func(int) string { return base.String() })
 	if err != nil {
 		return err
 	}

@@ -14,6 +14,7 @@
 //	chatbench load  -url ws://127.0.0.1:8080/ws -clients 200 -senders 4 -window 16 -duration 15s
 //	chatbench idle  -url ws://127.0.0.1:8080/ws -clients 10000 -hold 20s -pid 1234
 //	chatbench storm -url ws://127.0.0.1:8080/ws -churn 800 -duration 15s -pid 1234
+//	chatbench wire  -url ws://127.0.0.1:8080/ws -history 50 -members 100
 //	chatbench table results.jsonl
 //	chatbench cluster -caddy ./caddy -label after -json cluster.jsonl
 //	chatbench clustertable cluster.jsonl
@@ -45,6 +46,8 @@ func main() {
 		err = runHold(os.Args[2:])
 	case "storm":
 		err = runStorm(os.Args[2:])
+	case "wire":
+		err = runWire(os.Args[2:])
 	case "table":
 		err = runTable(os.Args[2:])
 	default:
@@ -57,8 +60,8 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, `usage: chatbench load|idle|storm|cluster [flags]   (chatbench load -h for flags)
-       chatbench table results.jsonl...
+	fmt.Fprintln(os.Stderr, `usage: chatbench load|idle|storm|wire|cluster [flags]   (chatbench load -h for flags)
+       chatbench table [-a ours] [-b baseline] results.jsonl...
        chatbench cluster -caddy <binary> [flags]; chatbench clustertable results.jsonl...`)
 	os.Exit(2)
 }

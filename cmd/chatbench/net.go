@@ -42,9 +42,31 @@ var dialer = websocket.Dialer{
 	WriteBufferSize:  512,
 }
 
+// deflateDialer is dialer offering permessage-deflate (-deflate): gorilla's
+// client then inflates what it is sent and compresses what it sends, as a
+// browser does.
+var deflateDialer = func() websocket.Dialer {
+	d := dialer
+	d.EnableCompression = true
+	return d
+}()
+
 // dialAll opens n connections, at most parallel at a time, each to the URL
 // that urlFor returns. It stops at the first failure.
 func dialAll(n, parallel int, urlFor func(i int) string) ([]*websocket.Conn, error) {
+	return dialAllWith(&dialer, n, parallel, urlFor)
+}
+
+// dialerFor is the dialer of clients that offer permessage-deflate or not.
+func dialerFor(deflate bool) *websocket.Dialer {
+	if deflate {
+		return &deflateDialer
+	}
+	return &dialer
+}
+
+// dialAllWith is dialAll with the given dialer.
+func dialAllWith(d *websocket.Dialer, n, parallel int, urlFor func(i int) string) ([]*websocket.Conn, error) {
 	conns := make([]*websocket.Conn, n)
 	errs := make(chan error, n)
 	sem := make(chan struct{}, parallel)
@@ -52,7 +74,7 @@ func dialAll(n, parallel int, urlFor func(i int) string) ([]*websocket.Conn, err
 		sem <- struct{}{}
 		go func() {
 			defer func() { <-sem }()
-			ws, resp, err := dialer.Dial(urlFor(i), nil)
+			ws, resp, err := d.Dial(urlFor(i), nil)
 			if err != nil {
 				if resp != nil {
 					err = fmt.Errorf("%w (HTTP %s)", err, resp.Status)

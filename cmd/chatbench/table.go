@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"os"
 	"sort"
@@ -10,7 +11,12 @@ import (
 
 // runTable prints, from result files, a markdown table of medians per
 // scenario, ours against the baseline.
-func runTable(files []string) error {
+func runTable(args []string) error {
+	fs := flag.NewFlagSet("table", flag.ExitOnError)
+	labelA := fs.String("a", "ours", "label of the first column")
+	labelB := fs.String("b", "baseline", "label of the column it is compared with")
+	_ = fs.Parse(args)
+	files := fs.Args()
 	if len(files) == 0 {
 		return fmt.Errorf("table: name at least one results file")
 	}
@@ -37,10 +43,10 @@ func runTable(files []string) error {
 		f.Close()
 	}
 	sort.Strings(scenarios)
-	fmt.Println("| scenario | metric | ours (median) | baseline (median) | ours / baseline | runs |")
+	fmt.Printf("| scenario | metric | %[1]s (median) | %[2]s (median) | %[1]s / %[2]s | runs |\n", *labelA, *labelB)
 	fmt.Println("|---|---|---:|---:|---:|---|")
 	for _, s := range scenarios {
-		ours, base := runs[s]["ours"], runs[s]["baseline"]
+		ours, base := runs[s][*labelA], runs[s][*labelB]
 		rows := loadRows
 		switch mode := modeOf(ours, base); mode {
 		case "idle":

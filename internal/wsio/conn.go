@@ -20,6 +20,12 @@ type Conn struct {
 	br  *bufio.Reader // gorilla's read buffer when it is out's; else nil: no parking
 	t   *Transport
 
+	// deflateMin is the shortest payload sent compressed; 0 when the
+	// connection did not negotiate permessage-deflate.
+	deflateMin int
+	// limit is the largest message, inflated, that ReadMessage takes.
+	limit int64
+
 	// The reader's: the poller registration.
 	poller    *poller
 	waker     Waker
@@ -39,8 +45,8 @@ func newConn(ws *websocket.Conn, out *batchConn, t *Transport) Conn {
 	return Conn{ws: ws, out: out, br: readerOf(ws, out.br), t: t}
 }
 
-// WS is the gorilla connection, for reading messages and for the read
-// settings (limit, deadline, pong handler). Writes go through Conn.
+// WS is the gorilla connection, for the read deadline and the pong
+// handler. Messages are read, and writes made, through Conn.
 func (c *Conn) WS() *websocket.Conn { return c.ws }
 
 // WriteFrames writes frames, and a ping if ping is set, within WriteWait,
@@ -59,7 +65,11 @@ func (c *Conn) WriteFrames(frames []*Frame, ping bool) error {
 
 func (c *Conn) writeFrames(frames []*Frame, ping bool, deadline time.Time) error {
 	for _, f := range frames {
-		if err := c.out.writeFrame(f.wire); err != nil {
+		wire := f.wire
+		if c.compresses(f) {
+			wire = f.compressed(&c.t.zs)
+		}
+		if err := c.out.writeFrame(wire); err != nil {
 			return err
 		}
 	}
@@ -67,6 +77,24 @@ func (c *Conn) writeFrames(frames []*Frame, ping bool, deadline time.Time) error
 		return c.ws.WriteControl(websocket.PingMessage, nil, deadline)
 	}
 	return nil
+}
+
+// compresses reports whether the connection sends f compressed: it
+// negotiated compression and f is not too short for it.
+func (c *Conn) compresses(f *Frame) bool {
+	return c.deflateMin > 0 && len(f.wire)-f.off >= c.deflateMin
+}
+
+// Precompress makes f's compressed form now when this connection would
+// send f compressed. A broadcaster calls it before it queues f, so that the
+// frame is compressed on its goroutine, once, before any member's writer
+// runs: otherwise the writers of the members that negotiated compression
+// would wait in line behind the first of them, each a goroutine parked and
+// woken. It may run concurrently with WriteFrames.
+func (c *Conn) Precompress(f *Frame) {
+	if c.compresses(f) {
+		f.compressed(&c.t.zs)
+	}
 }
 
 // CloseWith sends a close frame with code and text, within CloseWait, and

@@ -27,16 +27,39 @@ func upgradePair(t *testing.T) (*Conn, *websocket.Conn) {
 // before it is returned; first must release the held handshake.
 func upgradePairWith(t *testing.T, first func(*Conn) error) (*Conn, *websocket.Conn) {
 	t.Helper()
+	return upgradePairDeflate(t, Compression{}, false, first)
+}
+
+// upgradePairDeflate is upgradePairWith with the server's compression
+// setting, and a client that offers permessage-deflate when offer is set
+// (and then compresses what it sends and inflates what it is sent).
+func upgradePairDeflate(t *testing.T, comp Compression, offer bool, first func(*Conn) error) (*Conn, *websocket.Conn) {
+	t.Helper()
+	addr, accepted := listenUpgrade(t, comp, first)
+	d := websocket.Dialer{HandshakeTimeout: testWait, EnableCompression: offer}
+	client, _, err := d.Dial("ws://"+addr+"/", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = client.Close() })
+	return awaitAccepted(t, accepted), client
+}
+
+// listenUpgrade serves WebSocket upgrades on a loopback port through a
+// Transport and an Upgrader with the compression setting, running first on
+// each Conn before it is handed over on the channel.
+func listenUpgrade(t *testing.T, comp Compression, first func(*Conn) error) (string, <-chan *Conn) {
+	t.Helper()
 	tr := NewTransport(zap.NewNop())
 	t.Cleanup(tr.Close)
-	u := NewUpgrader()
-	accepted := make(chan *Conn, 1)
+	u := NewUpgrader(comp)
+	accepted := make(chan *Conn, 4)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		c, err := tr.Upgrade(&u, w, r)
+		c, err := tr.Upgrade(u, w, r)
 		if err != nil {
 			t.Error(err)
 			return
@@ -49,20 +72,21 @@ func upgradePairWith(t *testing.T, first func(*Conn) error) (*Conn, *websocket.C
 	})}
 	go func() { _ = srv.Serve(ln) }()
 	t.Cleanup(func() { _ = srv.Close() })
-	d := websocket.Dialer{HandshakeTimeout: testWait}
-	client, _, err := d.Dial("ws://"+ln.Addr().String()+"/", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = client.Close() })
+	return ln.Addr().String(), accepted
+}
+
+// awaitAccepted returns the next Conn the server accepted, closed when the
+// test ends.
+func awaitAccepted(t *testing.T, accepted <-chan *Conn) *Conn {
+	t.Helper()
 	select {
 	case c := <-accepted:
 		t.Cleanup(func() { _ = c.Close() })
-		return c, client
+		return c
 	case <-time.After(testWait):
 		t.Fatal("the server did not accept the connection")
 	}
-	return nil, nil
+	return nil
 }
 
 // TestParkingAssumption fails when gorilla no longer reads through the

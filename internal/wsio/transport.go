@@ -28,12 +28,13 @@ const CloseWait = time.Second
 // mostly straight into gorilla's message (bufio skips its buffer then).
 const readBufferSize = 288
 
-// Transport is what a set of connections shares: the batch buffers and the
-// poller that parked connections wait on. It outlives config reloads with
-// the hub it serves.
+// Transport is what a set of connections shares: the batch buffers, the
+// compressors and the poller that parked connections wait on. It outlives
+// config reloads with the hub it serves.
 type Transport struct {
 	logger *zap.Logger
 	bufs   bufPool
+	zs     deflaterPool // the compressors of frames to connections that negotiated it
 
 	pollOnce sync.Once
 	poll     *poller // nil where unavailable, or once stopped
@@ -44,17 +45,39 @@ func NewTransport(logger *zap.Logger) *Transport {
 	return &Transport{logger: logger}
 }
 
-// NewUpgrader returns the WebSocket upgrader to use with Upgrade: it reads
-// through the hijacked reader and shares write buffers through a pool, so
-// that an idle connection holds as little memory as it can. It accepts any
-// origin: the caller checks origins before the upgrade.
-func NewUpgrader() websocket.Upgrader {
-	return websocket.Upgrader{
+// Upgrader upgrades requests to Conns of a Transport, with or without
+// permessage-deflate. It is safe for concurrent use and holds no state of
+// its own once made.
+type Upgrader struct {
+	plain, deflate websocket.Upgrader
+	compression    Compression
+}
+
+// NewUpgrader returns the upgrader to use with Upgrade: it reads through the
+// hijacked reader and shares write buffers through a pool, so that an idle
+// connection holds as little memory as it can, and negotiates compression
+// as c says. It accepts any origin: the caller checks origins before the
+// upgrade.
+func NewUpgrader(c Compression) *Upgrader {
+	plain := websocket.Upgrader{
 		// 0: use the hijacker's reader (readBufferSize) rather than make one.
 		ReadBufferSize:  0,
 		WriteBufferPool: new(sync.Pool),
 		CheckOrigin:     func(*http.Request) bool { return true },
 	}
+	if c.MinSize < 1 {
+		c.MinSize = 1
+	}
+	u := &Upgrader{plain: plain, compression: c}
+	if c.Enabled {
+		// gorilla negotiates, writes the response and inflates what the
+		// client compressed; the frames it writes are control frames,
+		// never compressed. It only compresses through its own writers,
+		// which are not used.
+		u.deflate = plain
+		u.deflate.EnableCompression = true
+	}
+	return u
 }
 
 // Upgrade upgrades the request to a WebSocket connection on a batchConn. On
@@ -65,8 +88,12 @@ func NewUpgrader() websocket.Upgrader {
 // frames: the caller must do one of them, and soon. The Conn is
 // returned by value so that its owner can hold it inside its own struct (one
 // allocation less per idle connection); it must not be copied once used.
-func (t *Transport) Upgrade(u *websocket.Upgrader, w http.ResponseWriter, r *http.Request) (Conn, error) {
-	ws, err := u.Upgrade(hijacker{w, &t.bufs}, r, nil)
+func (t *Transport) Upgrade(u *Upgrader, w http.ResponseWriter, r *http.Request) (Conn, error) {
+	gu := &u.plain
+	if u.compression.Enabled && acceptsDeflate(r.Header) {
+		gu = &u.deflate
+	}
+	ws, err := gu.Upgrade(hijacker{w, &t.bufs}, r, nil)
 	if err != nil {
 		return Conn{}, fmt.Errorf("websocket upgrade: %w", err)
 	}
@@ -78,8 +105,17 @@ func (t *Transport) Upgrade(u *websocket.Upgrader, w http.ResponseWriter, r *htt
 		_ = ws.Close()
 		return Conn{}, errors.New("websocket upgrade: gorilla does not run on the hijacked connection")
 	}
-	return newConn(ws, out, t), nil
+	c := newConn(ws, out, t)
+	// What gorilla answered decides, not what was asked: a client gets
+	// compressed frames only when the response said it may.
+	if gu == &u.deflate && negotiatedDeflate(ws) {
+		c.deflateMin = u.compression.MinSize
+	}
+	return c, nil
 }
+
+// Deflates reports whether the connection negotiated permessage-deflate.
+func (c *Conn) Deflates() bool { return c.deflateMin > 0 }
 
 // poller returns the poller that parked connections wait on, starting it on
 // first use; nil when the system has none (connections then keep a reader
