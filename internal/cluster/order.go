@@ -32,8 +32,28 @@ const GapWait = time.Second
 type Orderer struct {
 	started bool
 	next    uint64 // the seq released next; 0 until started or first seen
-	held    map[uint64]*chat.Event
-	since   time.Time // when the wait for next began
+	held    map[uint64]heldMessage
+}
+
+// heldMessage is a message waiting for a lower seq, and since when. A gap
+// is given up once the message above it has waited GapWait, so that gaps
+// one after another pass together, not one GapWait each.
+type heldMessage struct {
+	ev *chat.Event
+	at time.Time
+}
+
+// countedGap is the largest run of missing seqs counted one by one; a
+// larger one is a counter made anew, not that many messages, and counts
+// once.
+const countedGap = 4 * MaxHeldPerRoom
+
+// gapSize is how many losses a run of n missing seqs counts as.
+func gapSize(n uint64) uint64 {
+	if n > countedGap {
+		return 1
+	}
+	return n
 }
 
 // Released is what an Orderer lets go of at one step.
@@ -51,7 +71,7 @@ type Released struct {
 
 // NewOrderer returns an Orderer that holds what it is given until Start
 // says where the room stands.
-func NewOrderer() *Orderer { return &Orderer{held: make(map[uint64]*chat.Event)} }
+func NewOrderer() *Orderer { return &Orderer{held: make(map[uint64]heldMessage)} }
 
 // Start says that the room's messages up to after came before this
 // instance followed it: they are dropped, and the next one released is
@@ -100,16 +120,15 @@ func (o *Orderer) Add(seq uint64, ev *chat.Event, jump bool, now time.Time) Rele
 	if _, dup := o.held[seq]; dup {
 		return out
 	}
-	if len(o.held) == 0 {
-		o.since = now
-	}
-	o.held[seq] = ev
+	o.held[seq] = heldMessage{ev: ev, at: now}
 	if jump && o.started && seq > o.next {
 		// What is held below the jump goes first, in order; the
 		// seqs missing below it are given up as one loss.
 		out = o.releaseBelow(seq)
-		out.Lost++
-		out.LostThrough = seq - 1
+		if seq > o.next {
+			out.Lost += gapSize(seq - o.next)
+			out.LostThrough = seq - 1
+		}
 		o.next = seq
 	}
 	if !o.started {
@@ -130,17 +149,22 @@ func (o *Orderer) Add(seq uint64, ev *chat.Event, jump bool, now time.Time) Rele
 	return out
 }
 
-// Expire gives up the seq waited for when it has been missing for wait,
-// and returns what that lets go.
+// Expire gives up the missing seqs below every message that has waited
+// for wait, and returns what that lets go.
 func (o *Orderer) Expire(now time.Time, wait time.Duration) Released {
 	var out Released
-	if !o.started || len(o.held) == 0 || now.Sub(o.since) < wait {
+	if !o.started {
 		return out
 	}
-	o.giveUp(&out)
-	r := o.release(now)
-	out.Events = append(out.Events, r.Events...)
-	return out
+	for {
+		low, ok := o.lowest()
+		if !ok || now.Sub(o.held[low].at) < wait {
+			return out
+		}
+		o.giveUp(&out)
+		r := o.release(now)
+		out.Events = append(out.Events, r.Events...)
+	}
 }
 
 // giveUp moves next to the lowest seq held, counting what it passes.
@@ -149,7 +173,7 @@ func (o *Orderer) giveUp(out *Released) {
 	if !ok || low <= o.next {
 		return
 	}
-	out.Lost += low - o.next
+	out.Lost += gapSize(low - o.next)
 	out.LostThrough = low - 1
 	o.next = low
 }
@@ -159,16 +183,15 @@ func (o *Orderer) giveUp(out *Released) {
 func (o *Orderer) release(now time.Time) Released {
 	var out Released
 	for {
-		ev, ok := o.held[o.next]
+		m, ok := o.held[o.next]
 		if !ok {
 			break
 		}
 		delete(o.held, o.next)
 		o.next++
-		if ev != nil {
-			out.Events = append(out.Events, ev)
+		if m.ev != nil {
+			out.Events = append(out.Events, m.ev)
 		}
-		o.since = now // the wait for the new next begins
 	}
 	return out
 }
@@ -183,10 +206,10 @@ func (o *Orderer) releaseBelow(seq uint64) Released {
 			return out
 		}
 		if low > o.next {
-			out.Lost += low - o.next
+			out.Lost += gapSize(low - o.next)
 		}
-		if ev := o.held[low]; ev != nil {
-			out.Events = append(out.Events, ev)
+		if m := o.held[low]; m.ev != nil {
+			out.Events = append(out.Events, m.ev)
 		}
 		delete(o.held, low)
 		o.next = low + 1

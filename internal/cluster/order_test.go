@@ -127,3 +127,31 @@ func TestOrdererHoldsABoundedNumber(t *testing.T) {
 		}
 	}
 }
+
+// Gaps one after another pass together once the messages above them have
+// waited: a wait per gap made a room whose relay lost every other message
+// crawl a second at a time.
+func TestOrdererGapsPassTogether(t *testing.T) {
+	now := time.Unix(1000, 0)
+	o := NewOrderer()
+	o.Start(0, true, now)
+	for seq := uint64(2); seq <= 40; seq += 2 {
+		o.Add(seq, msg(seq), false, now)
+	}
+	r := o.Expire(now.Add(GapWait), GapWait)
+	if len(r.Events) != 20 || r.Lost != 20 || o.Waiting() {
+		t.Fatalf("after one wait: released %d, lost %d, still waiting %v; want 20, 20, false", len(r.Events), r.Lost, o.Waiting())
+	}
+}
+
+// A counter made anew leaves a gap of millions of seqs: it counts as one
+// loss, not millions.
+func TestOrdererCountsAReseedOnce(t *testing.T) {
+	now := time.Unix(1000, 0)
+	o := NewOrderer()
+	o.Start(10, true, now)
+	o.Add(20_000_000, msg(20_000_000), false, now)
+	if r := o.Expire(now.Add(GapWait), GapWait); r.Lost != 1 || len(r.Events) != 1 {
+		t.Fatalf("a re-seeded counter's gap: lost %d, released %d; want 1, 1", r.Lost, len(r.Events))
+	}
+}

@@ -527,29 +527,21 @@ func (p *poller) wanted(i int, cur uint64) []uint64 {
 			r.markGaps(i) // it was there before: what it held is lost
 		}
 		st.gone = false
-		next := cur + 1 - min(cur, jumpWindow)
-		base, ok := p.base(i, cur)
-		if ok {
-			next = max(base+1, cur+1-min(cur, maxPerPoll))
-		}
-		p.reset(st, next, cur)
-		if ok {
-			st.trusted = next - 1 // every number above the seed was reserved
-		}
+		p.restartAt(i, st, cur)
 	case cur+1 < st.next:
 		// The counter went back: it was lost and re-seeded by a
 		// clock behind ours, or forged. Follow it from here.
 		r.metrics.skipped(1)
 		r.logger.Warn("relay partition counter went back: following it from there", zap.Int("partition", i), zap.Uint64("was", st.next-1), zap.Uint64("now", cur))
 		r.markGaps(i)
-		p.reset(st, cur+1-min(cur, jumpWindow), cur)
+		p.restartAt(i, st, cur)
 	case cur >= st.next && cur-st.next >= maxBacklog:
 		// Further ahead than the log is meant to be read: a re-seeded
 		// counter, or a forged value.
 		r.metrics.skipped(1)
-		r.logger.Warn("relay partition counter jumped: skipping to its latest entries", zap.Int("partition", i), zap.Uint64("from", st.next), zap.Uint64("to", cur))
+		r.logger.Warn("relay partition counter jumped: reading it from its seed, or its latest entries", zap.Int("partition", i), zap.Uint64("from", st.next), zap.Uint64("to", cur))
 		r.markGaps(i)
-		p.reset(st, cur+1-jumpWindow, cur)
+		p.restartAt(i, st, cur)
 	}
 	var want []uint64
 	for n := st.next; n <= cur && n-st.next < maxPerPoll; n++ {
@@ -558,6 +550,22 @@ func (p *poller) wanted(i int, cur uint64) []uint64 {
 		}
 	}
 	return want
+}
+
+// restartAt makes a reader follow partition i again after its counter was
+// made anew (memcached restarted empty, or the counter was evicted or
+// forged): from the seed its maker recorded, so that what writers flushed
+// from their outboxes when the server returned is read, every entry of it,
+// over as many polls as it takes (at most maxBacklog entries); without a
+// usable seed, only the latest jumpWindow entries.
+func (p *poller) restartAt(i int, st *partState, cur uint64) {
+	base, ok := p.base(i, cur)
+	if !ok {
+		p.reset(st, cur+1-min(cur, jumpWindow), cur)
+		return
+	}
+	p.reset(st, base+1, cur)
+	st.trusted = base // every number above the seed was reserved
 }
 
 // base reads the seed partition i's counter was last made with, when it is
