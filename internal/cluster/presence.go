@@ -56,6 +56,10 @@ type View struct {
 	Forget time.Duration
 
 	nodes map[string]*node
+	// ids counts, for each member id, the rooms of live nodes that list
+	// it, so that an id allocator can ask in constant time whether an id
+	// is in use elsewhere.
+	ids map[string]int
 }
 
 type node struct {
@@ -78,8 +82,40 @@ func NewView(listCap int, deadAfter, forget time.Duration) *View {
 	if listCap <= 0 {
 		listCap = DefaultListCap
 	}
-	return &View{ListCap: listCap, DeadAfter: deadAfter, Forget: forget, nodes: make(map[string]*node)}
+	return &View{ListCap: listCap, DeadAfter: deadAfter, Forget: forget, nodes: make(map[string]*node), ids: make(map[string]int)}
 }
+
+// list sets m in rv's members, keeping v.ids.
+func (v *View) list(rv *roomView, m chat.Member) {
+	if _, ok := rv.members[m.ID]; !ok {
+		v.ids[m.ID]++
+	}
+	rv.members[m.ID] = m
+}
+
+// unlist removes id from rv's members, keeping v.ids.
+func (v *View) unlist(rv *roomView, id string) {
+	if _, ok := rv.members[id]; !ok {
+		return
+	}
+	delete(rv.members, id)
+	if v.ids[id]--; v.ids[id] <= 0 {
+		delete(v.ids, id)
+	}
+}
+
+// unlistAll removes every member of rv from v.ids; rv's own map is left
+// to its caller, who drops or replaces it.
+func (v *View) unlistAll(rv *roomView) {
+	for id := range rv.members {
+		if v.ids[id]--; v.ids[id] <= 0 {
+			delete(v.ids, id)
+		}
+	}
+}
+
+// Listed reports whether a live node lists a member with id.
+func (v *View) Listed(id string) bool { return v.ids[id] > 0 }
 
 func (v *View) node(id string, now time.Time) *node {
 	n := v.nodes[id]
@@ -170,11 +206,15 @@ func (v *View) ApplySnapshotRoom(id, room string, s *Snapshot) []*chat.Event {
 	var prev map[string]chat.Member
 	if rv != nil {
 		prev = rv.members
+		v.unlistAll(rv)
 	}
 	count := max(rs.Count, len(next))
 	if count == 0 {
 		delete(n.rooms, room) // snapGen keeps older events out
 	} else {
+		for id := range next {
+			v.ids[id]++
+		}
 		n.rooms[room] = &roomView{gen: s.Gen, count: count, members: next}
 	}
 	return MembersChanged(prev, next)
@@ -210,7 +250,7 @@ func (v *View) ApplyEvent(id, room string, gen uint64, ev *chat.Event, now time.
 		}
 		rv.count++
 		if len(rv.members) < v.ListCap {
-			rv.members[ev.ID] = ev.Member()
+			v.list(rv, ev.Member())
 		}
 		return true
 	case chat.KindLeave:
@@ -220,7 +260,7 @@ func (v *View) ApplyEvent(id, room string, gen uint64, ev *chat.Event, now time.
 			}
 			return false
 		}
-		delete(rv.members, ev.ID)
+		v.unlist(rv, ev.ID)
 		rv.count = max(rv.count-1, len(rv.members))
 		if rv.count == 0 {
 			delete(n.rooms, room)
@@ -230,7 +270,7 @@ func (v *View) ApplyEvent(id, room string, gen uint64, ev *chat.Event, now time.
 		if !listed {
 			return false
 		}
-		rv.members[ev.ID] = ev.Member()
+		v.list(rv, ev.Member())
 		return true
 	}
 	return false
@@ -261,6 +301,7 @@ func (v *View) Missing(id string, now time.Time) map[string][]*chat.Event {
 	out := make(map[string][]*chat.Event, len(n.rooms))
 	for room, rv := range n.rooms {
 		out[room] = MembersChanged(rv.members, nil)
+		v.unlistAll(rv)
 	}
 	clear(n.rooms)
 	return out
@@ -299,17 +340,13 @@ func (v *View) Count(room string) int {
 	return total
 }
 
-// HighestID returns the highest decimal member id below limit on any node:
-// a floor for re-seeding an id counter.
+// HighestID returns the highest decimal member id below limit listed by a
+// live node: a floor for the id counter.
 func (v *View) HighestID(limit uint64) uint64 {
 	var high uint64
-	for _, n := range v.nodes {
-		for _, rv := range n.rooms {
-			for id := range rv.members {
-				if x, err := strconv.ParseUint(id, 10, 64); err == nil && x < limit {
-					high = max(high, x)
-				}
-			}
+	for id := range v.ids {
+		if x, err := strconv.ParseUint(id, 10, 64); err == nil && x < limit {
+			high = max(high, x)
 		}
 	}
 	return high

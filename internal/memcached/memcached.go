@@ -13,6 +13,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -159,7 +160,7 @@ func New(cfg Config, logger *zap.Logger) (*Backend, error) {
 		idHigh:        make(map[string]uint64),
 		written:       lastWritten{chunks: -1},
 	}
-	r.ids = &idAllocator{server: client.route(r.keys.idCounter()), key: r.keys.idCounter(), floor: r.highestKnownID}
+	r.ids = &idAllocator{server: client.route(r.keys.idCounter()), key: r.keys.idCounter(), floor: r.highestKnownID, taken: r.idListed}
 	client.logger = r.logger
 	client.onChange = r.serverChanged
 	return r, nil
@@ -406,7 +407,7 @@ func (r *Backend) Close() error {
 }
 
 // highestKnownID is the highest counter id this instance knows to be in
-// use elsewhere: the floor of a re-seed of the id counter.
+// use elsewhere: no block of the id counter starts at or below it.
 func (r *Backend) highestKnownID() uint64 {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -417,4 +418,12 @@ func (r *Backend) highestKnownID() uint64 {
 		}
 	}
 	return high
+}
+
+// idListed reports whether a member of another instance has id.
+func (r *Backend) idListed(id uint64) bool {
+	s := strconv.FormatUint(id, 10)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.view.Listed(s)
 }
