@@ -19,6 +19,12 @@ import (
 // Rooms can be big: a view lists at most ListCap members of a node's room
 // and keeps the node's count of them beside, so that memory does not grow
 // with the size of rooms elsewhere while counts stay exact.
+//
+// A snapshot is input as much as an event is, and follows the same rules:
+// an entry about a member of the reading instance is dropped (another node
+// cannot speak for it), and a room's count is believed beyond the members
+// listed only when the list is full (every node lists up to ListCap), and
+// then up to MaxRoomCount.
 
 // DefaultListCap is how many members of one node's room a view lists when
 // none is given.
@@ -29,6 +35,12 @@ const DefaultListCap = 256
 // otherwise shut out every later event and snapshot of that room. A node
 // makes far fewer presence changes between two of its snapshots.
 const maxGenAhead = 1 << 16
+
+// MaxRoomCount bounds the members one node is believed to have in one
+// room, whether a snapshot says more or events add up to more: far more
+// than one instance holds, and small enough that a forged count does not
+// swamp the counts of a whole cluster.
+const MaxRoomCount = 100_000
 
 // Snapshot is a node's presence at generation Gen.
 type Snapshot struct {
@@ -54,6 +66,9 @@ type View struct {
 	// Forget is how long a dead node's generation is remembered, so that
 	// its late events are not taken for news.
 	Forget time.Duration
+	// Local reports whether id is a member of this instance in room: a
+	// snapshot entry about it is forged and dropped. nil drops none.
+	Local func(room, id string) bool
 
 	nodes map[string]*node
 	// ids counts, for each member id, the rooms of live nodes that list
@@ -183,15 +198,16 @@ func (v *View) SnapshotRooms(id string, s *Snapshot, now time.Time) []string {
 
 // ApplySnapshotRoom replaces node's view of room with the snapshot's when
 // the snapshot is at least as new as the events applied to it, and returns
-// the events that tell the difference.
-func (v *View) ApplySnapshotRoom(id, room string, s *Snapshot) []*chat.Event {
+// the events that tell the difference, and how many of the snapshot's
+// entries were dropped as being about a member of this instance.
+func (v *View) ApplySnapshotRoom(id, room string, s *Snapshot) (events []*chat.Event, dropped int) {
 	n := v.nodes[id]
 	if n == nil || n.dead {
-		return nil
+		return nil, 0
 	}
 	rv := n.rooms[room]
 	if rv != nil && s.Gen < rv.gen {
-		return nil // events newer than the snapshot were applied
+		return nil, 0 // events newer than the snapshot were applied
 	}
 	rs := s.Rooms[room]
 	next := make(map[string]chat.Member, min(len(rs.Members), v.ListCap))
@@ -199,16 +215,26 @@ func (v *View) ApplySnapshotRoom(id, room string, s *Snapshot) []*chat.Event {
 		if len(next) >= v.ListCap {
 			break
 		}
-		if m.ID != "" {
-			next[m.ID] = m
+		if m.ID == "" {
+			continue
 		}
+		if v.Local != nil && v.Local(room, m.ID) {
+			dropped++
+			continue
+		}
+		next[m.ID] = m
 	}
 	var prev map[string]chat.Member
 	if rv != nil {
 		prev = rv.members
 		v.unlistAll(rv)
 	}
-	count := max(rs.Count, len(next))
+	count := len(next)
+	if dropped == 0 && len(rs.Members) >= v.ListCap {
+		// A full list: the node has more than it lists. A list with a
+		// forged entry is not trusted for more than it holds.
+		count = max(min(rs.Count, MaxRoomCount), count)
+	}
 	if count == 0 {
 		delete(n.rooms, room) // snapGen keeps older events out
 	} else {
@@ -217,7 +243,7 @@ func (v *View) ApplySnapshotRoom(id, room string, s *Snapshot) []*chat.Event {
 		}
 		n.rooms[room] = &roomView{gen: s.Gen, count: count, members: next}
 	}
-	return MembersChanged(prev, next)
+	return MembersChanged(prev, next), dropped
 }
 
 // ApplyEvent applies a join, leave or nick event of node at generation gen
@@ -248,7 +274,7 @@ func (v *View) ApplyEvent(id, room string, gen uint64, ev *chat.Event, now time.
 		if listed {
 			return false
 		}
-		rv.count++
+		rv.count = min(rv.count+1, MaxRoomCount)
 		if len(rv.members) < v.ListCap {
 			v.list(rv, ev.Member())
 		}

@@ -30,7 +30,7 @@ func TestViewEventsThenSnapshotRepairsALostEvent(t *testing.T) {
 	if len(rooms) != 1 || rooms[0] != "r" {
 		t.Fatalf("rooms to apply = %v, want [r]", rooms)
 	}
-	evs := v.ApplySnapshotRoom("n", "r", snap)
+	evs, _ := v.ApplySnapshotRoom("n", "r", snap)
 	if len(evs) != 1 || evs[0].Kind != chat.KindJoin || evs[0].ID != "2" {
 		t.Fatalf("snapshot events = %v, want the join of 2 only", evs)
 	}
@@ -39,7 +39,7 @@ func TestViewEventsThenSnapshotRepairsALostEvent(t *testing.T) {
 	}
 	// An older snapshot does not undo newer events.
 	v.ApplyEvent("n", "r", 4, &chat.Event{Kind: chat.KindLeave, ID: "1"}, now)
-	if evs := v.ApplySnapshotRoom("n", "r", snap); len(evs) != 0 {
+	if evs, _ := v.ApplySnapshotRoom("n", "r", snap); len(evs) != 0 {
 		t.Fatalf("an older snapshot changed the view: %v", evs)
 	}
 }
@@ -77,12 +77,47 @@ func TestViewCountsBeyondTheListCap(t *testing.T) {
 	if got := v.Count("big"); got != 50 {
 		t.Errorf("count %d after 50 leaves, want 50", got)
 	}
-	snap := &Snapshot{Gen: 1000, Rooms: map[string]RoomSnapshot{"big": {Count: 50000}}}
+	full := make([]chat.Member, 10)
+	for i := range full {
+		full[i] = chat.Member{ID: strconv.Itoa(i + 1)}
+	}
+	snap := &Snapshot{Gen: 1000, Rooms: map[string]RoomSnapshot{"big": {Count: 50000, Members: full}}}
 	v.Alive("n", now)
 	v.SnapshotRooms("n", snap, now)
 	v.ApplySnapshotRoom("n", "big", snap)
 	if got := v.Count("big"); got != 50000 {
-		t.Errorf("count %d after a snapshot of 50000, want 50000", got)
+		t.Errorf("count %d after a snapshot of 50000 with a full list, want 50000", got)
+	}
+}
+
+// TestViewSnapshotFollowsTheRulesOfEvents: a snapshot entry about a
+// member of the reading instance is dropped and counted, and a count is
+// not believed beyond a list that is not full, nor beyond MaxRoomCount.
+func TestViewSnapshotFollowsTheRulesOfEvents(t *testing.T) {
+	v := NewView(3, time.Second, time.Minute)
+	v.Local = func(room, id string) bool { return room == "r" && id == "7" }
+	now := time.Now()
+	v.Alive("n", now)
+	snap := &Snapshot{Gen: 1, Rooms: map[string]RoomSnapshot{
+		"r":    {Count: 10_000_000, Members: []chat.Member{{ID: "7", Nick: "forged"}, {ID: "8", Nick: "b"}}},
+		"full": {Count: 10_000_000, Members: []chat.Member{{ID: "1"}, {ID: "2"}, {ID: "3"}}},
+		"part": {Count: 10_000_000, Members: []chat.Member{{ID: "4"}}},
+	}}
+	v.SnapshotRooms("n", snap, now)
+	evs, dropped := v.ApplySnapshotRoom("n", "r", snap)
+	if dropped != 1 || len(evs) != 1 || evs[0].ID != "8" {
+		t.Fatalf("events %v, dropped %d: want the join of 8 only, 1 dropped", evs, dropped)
+	}
+	if v.Listed("7") || v.Count("r") != 1 {
+		t.Errorf("after a forged entry about a local member: listed %v, count %d; want unlisted, 1", v.Listed("7"), v.Count("r"))
+	}
+	v.ApplySnapshotRoom("n", "full", snap)
+	if got := v.Count("full"); got != MaxRoomCount {
+		t.Errorf("count of a full list claiming 10,000,000 = %d, want MaxRoomCount %d", got, MaxRoomCount)
+	}
+	v.ApplySnapshotRoom("n", "part", snap)
+	if got := v.Count("part"); got != 1 {
+		t.Errorf("count of a list of 1 claiming 10,000,000 = %d, want 1", got)
 	}
 }
 

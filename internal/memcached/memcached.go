@@ -160,6 +160,7 @@ func New(cfg Config, logger *zap.Logger) (*Backend, error) {
 		idHigh:        make(map[string]uint64),
 		written:       lastWritten{chunks: -1},
 	}
+	r.view.Local = r.isLocalLocked
 	r.ids = &idAllocator{server: client.route(r.keys.idCounter()), key: r.keys.idCounter(), floor: r.highestKnownID, taken: r.idListed}
 	client.logger = r.logger
 	client.onChange = r.serverChanged
@@ -426,4 +427,11 @@ func (r *Backend) idListed(id uint64) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.view.Listed(s)
+}
+
+// isLocalLocked reports whether id is a member of this instance in room.
+// The caller holds r.mu, as every user of the view does.
+func (r *Backend) isLocalLocked(room, id string) bool {
+	_, ok := r.local[room][id]
+	return ok
 }

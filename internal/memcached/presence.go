@@ -356,7 +356,15 @@ func (r *Backend) readSnapshots(ids []string) {
 			r.host.DeliverWith(room, func() []*chat.Event {
 				r.mu.Lock()
 				defer r.mu.Unlock()
-				events := r.view.ApplySnapshotRoom(f.id, room, snap)
+				events, dropped := r.view.ApplySnapshotRoom(f.id, room, snap)
+				if dropped > 0 {
+					// Another instance cannot speak for a member of
+					// this one: forged entries, as in the relay log.
+					for range dropped {
+						r.metrics.rejected("snapshot")
+					}
+					r.logger.Warn("ignoring presence snapshot entries about members of this instance", zap.String("room", room), zap.String("from_node", f.id), zap.Int("entries", dropped))
+				}
 				if len(r.local[room]) == 0 {
 					return nil // nobody here to tell
 				}
