@@ -161,6 +161,7 @@ func New(cfg Config, logger *zap.Logger) (*Backend, error) {
 		written:       lastWritten{chunks: -1},
 	}
 	r.view.Local = r.isLocalLocked
+	r.view.Followed = r.followedLocked
 	r.ids = &idAllocator{server: client.route(r.keys.idCounter()), key: r.keys.idCounter(), floor: r.highestKnownID, taken: r.idListed}
 	client.logger = r.logger
 	client.onChange = r.serverChanged
@@ -342,6 +343,7 @@ func (r *Backend) Warm(ctx context.Context, room string) {
 	if skip || ctx.Err() != nil {
 		return
 	}
+	r.fillRoom(room)
 	key := r.keys.history(room)
 	s := r.client.route(key)
 	if !s.usable() {
@@ -434,4 +436,15 @@ func (r *Backend) idListed(id uint64) bool {
 func (r *Backend) isLocalLocked(room, id string) bool {
 	_, ok := r.local[room][id]
 	return ok
+}
+
+// followedLocked reports whether this instance follows room: it has
+// members there, or Warm prepared it for one on its way. The caller holds
+// r.mu.
+func (r *Backend) followedLocked(room string) bool {
+	if len(r.local[room]) > 0 {
+		return true
+	}
+	at, ok := r.warm[room]
+	return ok && time.Since(at) < warmFor
 }
