@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"os"
 	"runtime"
 	"strconv"
 	"strings"
@@ -46,6 +47,22 @@ func forgedChunks(t testing.TB, gen uint64, names []string, rooms map[string]wir
 	}
 	buf.WriteString("}}")
 	return append(out, buf.String())
+}
+
+// rssMB is this process's resident set, from /proc (0 where there is
+// none).
+func rssMB() float64 {
+	data, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, _ := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 64)
+			return kb / 1024
+		}
+	}
+	return 0
 }
 
 // heapInUse is the live heap after a collection.
@@ -111,7 +128,7 @@ func TestWorstSnapshotsTheCapsAllow(t *testing.T) {
 		r.join(fmt.Sprintf("f%d", i), "9"+strconv.Itoa(i), "")
 	}
 	long := strings.Repeat("字", 32) // 96 bytes: the longest name
-	before := heapInUse()
+	before, rssBefore := heapInUse(), rssMB()
 
 	// One forged instance at a time, its chunks deleted once read (the
 	// reader does not read them again while the header's generation
@@ -181,9 +198,9 @@ func TestWorstSnapshotsTheCapsAllow(t *testing.T) {
 	if listed != nodes*listCap {
 		t.Errorf("a followed room lists %d members, want %d", listed, nodes*listCap)
 	}
-	after := heapInUse()
-	t.Logf("view of %d instances × %d rooms (%d followed, %d members listed): heap %.1f MB → %.1f MB (+%.1f MB)",
-		nodes, cluster.MaxNodeRooms, followed, followed*nodes*listCap, float64(before)/1e6, float64(after)/1e6, (float64(after)-float64(before))/1e6)
+	after, rssAfter := heapInUse(), rssMB()
+	t.Logf("view of %d instances × %d rooms (%d followed, %d members listed): heap %.1f MB → %.1f MB (+%.1f MB), RSS %.0f MB → %.0f MB",
+		nodes, cluster.MaxNodeRooms, followed, followed*nodes*listCap, float64(before)/1e6, float64(after)/1e6, (float64(after)-float64(before))/1e6, rssBefore, rssAfter)
 
 	// One more: past the view's totals, rejected as a whole and counted.
 	forge(nodes)
