@@ -329,15 +329,14 @@ func (v *View) ApplySnapshotRoom(id, room string, s *Snapshot) (events []*chat.E
 		if rv != nil {
 			prev = rv.members
 		}
-		count := len(rs.Members)
-		if len(rs.Members) >= v.ListCap {
-			count = max(min(rs.Count, MaxRoomCount), count)
-		}
 		for _, m := range rs.Members {
 			if v.Local != nil && v.Local(room, m.ID) {
 				dropped++
-				count--
 			}
+		}
+		count := len(rs.Members) - dropped
+		if dropped == 0 && len(rs.Members) >= v.ListCap {
+			count = max(min(rs.Count, MaxRoomCount), count)
 		}
 		v.dropRoom(n, room)
 		if count > 0 {
