@@ -83,3 +83,57 @@ func TestClusterSnapshotCannotSpeakForALocalMember(t *testing.T) {
 		t.Errorf("online frame has count %v: the room has 3 members, far under presence_limit", c)
 	}
 }
+
+// TestClusterOversizeSnapshotRejected: a forged instance publishes one
+// room more than a snapshot may hold (cluster.MaxNodeRooms), each with a
+// member. The reader rejects the snapshot as a whole and counts it: the
+// member the forger lists in the joiner's room does not appear. Then the
+// forger publishes a snapshot within the caps, whose rooms the reader has
+// no member in but one: that room's member is listed for a joiner there,
+// the others only counted. Before, every room of a snapshot of any size
+// (up to 64 chunks of 256 KB) got a full view.
+func TestClusterOversizeSnapshotRejected(t *testing.T) {
+	mc := testenv.StartMemcached(t)
+	p := startCaddyCluster(t, "ttl 3s", mc.Addr)
+	a, _ := connect(t, p.url("ws", "/ws"))
+
+	snapshot := func(gen, rooms int) []string {
+		var chunks []string
+		var b strings.Builder
+		for i := 0; i < rooms; i++ {
+			if b.Len() == 0 {
+				fmt.Fprintf(&b, `{"gen":%d,"rooms":{`, gen)
+			} else {
+				b.WriteByte(',')
+			}
+			room := fmt.Sprintf("r%06d", i)
+			if i == 0 {
+				room = "lobby"
+			}
+			fmt.Fprintf(&b, `%q:{"n":1,"m":[{"id":"7%06d","nick":"n%d"}]}`, room, i, i)
+			if b.Len() > 200<<10 || i == rooms-1 {
+				b.WriteString("}}")
+				chunks = append(chunks, b.String())
+				b.Reset()
+			}
+		}
+		return chunks
+	}
+	forgeInstance(t, mc, 1, snapshot(1, 10_001))
+	testenv.AwaitCondition(t, "the oversize snapshot rejected", func() bool { return p.metrics()[seriesRejected("snapshot")] >= 1 })
+	b := dial(t, p.url("ws", "/ws"), nil)
+	if _, online := b.login(); containsAll(onlineIDs(online), "7000000") {
+		t.Errorf("a member of a rejected snapshot is listed: %v", onlineIDs(online))
+	}
+
+	// Within the caps: taken, lobby listed (it has members here).
+	forgeInstance(t, mc, 2, snapshot(2, 10_000))
+	a.await("the forged member of lobby joining", func(f frame) bool { return f.str("event") == "join" && f.str("id") == "7000000" })
+	c := dial(t, p.url("ws", "/ws?room=r000005"), nil)
+	if _, online := c.login(); !containsAll(onlineIDs(online), "7000005") {
+		t.Errorf("a joiner in a room known as a count only does not see its member: %v", onlineIDs(online))
+	}
+	if got := p.metrics()[seriesRejected("snapshot")]; got != 1 {
+		t.Errorf("%v snapshots rejected, want the oversize one only", got)
+	}
+}
