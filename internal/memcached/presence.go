@@ -346,6 +346,11 @@ func (r *Backend) readSnapshots(ids []string) {
 			}
 		}
 	}
+	for id := range r.idHigh {
+		if !all[id] {
+			delete(r.idHigh, id) // neither listed nor known: forgotten
+		}
+	}
 	r.mu.Unlock()
 	for _, gone := range leaves {
 		for room, events := range gone {
