@@ -3,6 +3,7 @@ package cluster
 import (
 	"errors"
 	"fmt"
+	"math"
 	"sort"
 	"strconv"
 	"time"
@@ -302,6 +303,15 @@ func (v *View) SnapshotRooms(id string, s *Snapshot, now time.Time) ([]string, e
 // node moves on. The view keeps what it had of the node.
 func (v *View) Refused(id string, gen uint64, now time.Time) {
 	v.node(id, now).snapGen = gen
+}
+
+// Stale records that node's snapshot must be read again even if its
+// generation stays: a room this instance now follows could not be filled
+// from it (FillRoom), and only a whole snapshot lists it.
+func (v *View) Stale(id string) {
+	if n := v.nodes[id]; n != nil {
+		n.snapGen = math.MaxUint64
+	}
 }
 
 // ApplySnapshotRoom replaces node's view of room with the snapshot's when

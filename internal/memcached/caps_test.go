@@ -238,3 +238,32 @@ func TestJoinerListsAPhantomRoom(t *testing.T) {
 		t.Fatalf("b's remote members of r right after Warm = %v, want [1 alice]", got)
 	}
 }
+
+// TestJoinerListsAPhantomRoomWhoseChunkIsGone: when the chunk that listed
+// a counted room cannot be read for a joiner (here deleted), the instance's
+// whole snapshot is read again at the next heartbeat although its
+// generation did not move, and the room's members are listed then.
+func TestJoinerListsAPhantomRoomWhoseChunkIsGone(t *testing.T) {
+	skipShort(t)
+	mc := testenv.StartMemcached(t)
+	a := newTestBackend(t, []string{mc.Addr}, "pg:", 3*time.Second)
+	a.join("r", "1", "alice")
+	a.flushed(t)
+	b := newTestBackend(t, []string{mc.Addr}, "pg:", 3*time.Second)
+	gen := a.generation()
+	testenv.AwaitCondition(t, "a's snapshot with its member read by b", func() bool {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		return !b.view.NeedsSnapshot(a.nodeID, gen) && b.view.Count("r") == 1
+	})
+	k := keySchema{prefix: "pg:"}
+	if _, err := mc.Command("delete " + k.chunk(a.nodeID, 0)); err != nil {
+		t.Fatal(err)
+	}
+	b.join("r", "2", "bob")
+	if got := b.RemoteMembers("r"); len(got) != 0 {
+		t.Fatalf("b lists %v from a chunk that is gone", got)
+	}
+	// a writes its chunk again (its touch missed it); b reads it whole.
+	testenv.AwaitCondition(t, "a's member listed on b", func() bool { return hasMember(b.RemoteMembers("r"), "1") })
+}

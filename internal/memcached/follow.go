@@ -74,9 +74,6 @@ func (r *Backend) fillRoom(room string) {
 			lists = append(lists, found{owner[key], c.Gen, cluster.RoomSnapshot{Count: wr.N, Members: wr.M}})
 		}
 	}
-	if len(lists) == 0 {
-		return
-	}
 	r.host.DeliverWith(room, func() []*chat.Event {
 		r.mu.Lock()
 		defer r.mu.Unlock()
@@ -87,6 +84,12 @@ func (r *Backend) fillRoom(room string) {
 				r.metrics.rejected("snapshot")
 			}
 			out = append(out, events...)
+		}
+		// An instance whose chunk did not list the room (it moved on,
+		// or memcached did not answer) is read whole at the next
+		// heartbeat, generation moved or not.
+		for id := range r.view.Unlisted(room) {
+			r.view.Stale(id)
 		}
 		if len(r.local[room]) == 0 {
 			return nil // the joiner on its way reads the view itself
