@@ -13,6 +13,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -170,7 +171,9 @@ func New(cfg Config, logger *zap.Logger) (*Backend, error) {
 		written:       lastWritten{chunks: -1},
 	}
 	r.advanced = sync.NewCond(&r.mu)
-	r.ids = &idAllocator{server: client.route(r.keys.idCounter()), key: r.keys.idCounter(), floor: r.highestKnownID}
+	r.view.Local = r.isLocalLocked
+	r.view.Followed = r.followedLocked
+	r.ids = &idAllocator{server: client.route(r.keys.idCounter()), key: r.keys.idCounter(), floor: r.highestKnownID, taken: r.idListed}
 	client.logger = r.logger
 	client.onChange = r.serverChanged
 	return r, nil
@@ -358,6 +361,7 @@ func (r *Backend) Warm(ctx context.Context, room string) {
 	// counter is read, so the counter is at or above the history's last.
 	var events []*chat.Event
 	if ctx.Err() == nil {
+		r.fillRoom(room)
 		events = r.loadHistory(room)
 	}
 	now := time.Now()
@@ -451,7 +455,7 @@ func (r *Backend) Close() error {
 }
 
 // highestKnownID is the highest counter id this instance knows to be in
-// use elsewhere: the floor of a re-seed of the id counter.
+// use elsewhere: no block of the id counter starts at or below it.
 func (r *Backend) highestKnownID() uint64 {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -462,4 +466,30 @@ func (r *Backend) highestKnownID() uint64 {
 		}
 	}
 	return high
+}
+
+// idListed reports whether a member of another instance has id.
+func (r *Backend) idListed(id uint64) bool {
+	s := strconv.FormatUint(id, 10)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.view.Listed(s)
+}
+
+// isLocalLocked reports whether id is a member of this instance in room.
+// The caller holds r.mu, as every user of the view does.
+func (r *Backend) isLocalLocked(room, id string) bool {
+	_, ok := r.local[room][id]
+	return ok
+}
+
+// followedLocked reports whether this instance follows room: it has
+// members there, or Warm prepared it for one on its way. The caller holds
+// r.mu.
+func (r *Backend) followedLocked(room string) bool {
+	if len(r.local[room]) > 0 {
+		return true
+	}
+	at, ok := r.warm[room]
+	return ok && time.Since(at) < warmFor
 }

@@ -104,6 +104,12 @@ func TestJoinStormConverges(t *testing.T) {
 	skipShort(t)
 	_, a, b := twoBackends(t, "storm:", 3*time.Second)
 	const rooms, per, big = 40, 100, 4000
+	// b follows every room: it has a member in each (it lists the
+	// members of those rooms only, and counts the others).
+	for r := 0; r < rooms; r++ {
+		b.join("s"+strconv.Itoa(r), "b"+strconv.Itoa(r), "")
+	}
+	b.join("big", "bbig", "")
 	id := 0
 	for i := 0; i < per; i++ {
 		for r := 0; r < rooms; r++ {

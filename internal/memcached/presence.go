@@ -162,6 +162,11 @@ func (r *Backend) encodeChunksLocked(gen uint64) [][]byte {
 	}
 	open()
 	inChunk := 0
+	if len(rooms) > cluster.MaxNodeRooms {
+		r.logger.Warn("presence snapshot too large: rooms beyond it are listed by events only", zap.Int("rooms", len(rooms)), zap.Int("max", cluster.MaxNodeRooms))
+		rooms = rooms[:cluster.MaxNodeRooms]
+	}
+	listed := 0
 	for _, room := range rooms {
 		members := r.local[room]
 		wr := wireRoom{N: len(members)}
@@ -172,6 +177,13 @@ func (r *Backend) encodeChunksLocked(gen uint64) [][]byte {
 		if len(wr.M) > listCap {
 			wr.M = wr.M[:listCap]
 		}
+		if listed+len(wr.M) > cluster.MaxNodeMembers {
+			// Others would reject the snapshot as a whole: list no
+			// more, and let the rest travel by events.
+			r.logger.Warn("presence snapshot too large: rooms beyond it are listed by events only", zap.Int("listed", listed), zap.Int("max", cluster.MaxNodeMembers))
+			break
+		}
+		listed += len(wr.M)
 		name, _ := json.Marshal(room)
 		body, err := json.Marshal(wr)
 		if err != nil {
@@ -334,6 +346,11 @@ func (r *Backend) readSnapshots(ids []string) {
 			}
 		}
 	}
+	for id := range r.idHigh {
+		if !all[id] {
+			delete(r.idHigh, id) // neither listed nor known: forgotten
+		}
+	}
 	r.mu.Unlock()
 	for _, gone := range leaves {
 		for room, events := range gone {
@@ -350,13 +367,29 @@ func (r *Backend) readSnapshots(ids []string) {
 			continue // incomplete or changing: read again next heartbeat
 		}
 		r.mu.Lock()
-		rooms := r.view.SnapshotRooms(f.id, snap, now)
+		rooms, err := r.view.SnapshotRooms(f.id, snap, now)
+		if err != nil {
+			r.view.Refused(f.id, f.h.Gen, now)
+		}
 		r.mu.Unlock()
+		if err != nil {
+			r.metrics.rejected("snapshot")
+			r.logger.Warn("ignoring a presence snapshot beyond the caps", zap.String("from_node", f.id), zap.Error(err))
+			continue
+		}
 		for _, room := range rooms {
 			r.host.DeliverWith(room, func() []*chat.Event {
 				r.mu.Lock()
 				defer r.mu.Unlock()
-				events := r.view.ApplySnapshotRoom(f.id, room, snap)
+				events, dropped := r.view.ApplySnapshotRoom(f.id, room, snap)
+				if dropped > 0 {
+					// Another instance cannot speak for a member of
+					// this one: forged entries, as in the relay log.
+					for range dropped {
+						r.metrics.rejected("snapshot")
+					}
+					r.logger.Warn("ignoring presence snapshot entries about members of this instance", zap.String("room", room), zap.String("from_node", f.id), zap.Int("entries", dropped))
+				}
 				if len(r.local[room]) == 0 {
 					return nil // nobody here to tell
 				}
@@ -367,9 +400,13 @@ func (r *Backend) readSnapshots(ids []string) {
 }
 
 // assemble decodes the chunks of one instance's snapshot; it fails when a
-// chunk is missing, malformed or of another generation.
+// chunk is missing, malformed or of another generation. A snapshot beyond
+// the caps of one instance (cluster.MaxNodeRooms, MaxNodeMembers) is
+// rejected as a whole as soon as it is seen to be, and not read again until
+// its generation moves.
 func (r *Backend) assemble(id string, h *header, items map[string]*memcache.Item) (*cluster.Snapshot, bool) {
 	snap := &cluster.Snapshot{Gen: h.Gen, Rooms: make(map[string]cluster.RoomSnapshot)}
+	listed := 0
 	for i := 0; i < h.Chunks; i++ {
 		key := r.keys.chunk(id, i)
 		it := items[key]
@@ -386,7 +423,17 @@ func (r *Backend) assemble(id string, h *header, items map[string]*memcache.Item
 			return nil, false
 		}
 		for room, wr := range c.Rooms {
-			snap.Rooms[room] = cluster.RoomSnapshot{Count: wr.N, Members: wr.M}
+			snap.Rooms[room] = cluster.RoomSnapshot{Count: wr.N, Members: wr.M, Part: i}
+			listed += len(wr.M)
+		}
+		if len(snap.Rooms) > cluster.MaxNodeRooms || listed > cluster.MaxNodeMembers {
+			r.metrics.rejected("snapshot")
+			r.logger.Warn("ignoring a presence snapshot beyond the caps", zap.String("from_node", id),
+				zap.Int("rooms", len(snap.Rooms)), zap.Int("listed", listed), zap.Int("max_rooms", cluster.MaxNodeRooms), zap.Int("max_listed", cluster.MaxNodeMembers))
+			r.mu.Lock()
+			r.view.Refused(id, h.Gen, time.Now())
+			r.mu.Unlock()
+			return nil, false
 		}
 	}
 	return snap, true
