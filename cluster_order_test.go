@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-chatroom/chatroom/internal/testenv"
 	"github.com/gorilla/websocket"
 )
 
@@ -294,4 +295,40 @@ func TestClusterResumeAcrossInstancesUnderTalk(t *testing.T) {
 	}
 	joined := append(append(append([]heard(nil), before...), replay...), after...)
 	checkOneOrder(t, []string{"the listener on instance 2", "the member that resumed"}, [][]heard{ref, joined})
+}
+
+// The limit that travels between instances is the largest
+// max_message_size of the handlers on a registry, whichever handler made
+// it: a handler with a larger limit, added by a reload or listed in the
+// same config, gets its big messages to the other instances. Before, the
+// backend kept the limit of the handler that made it, and the others
+// rejected a 20 KB message as a malformed relay entry.
+func TestClusterMessageLimitIsTheLargestHandlers(t *testing.T) {
+	mc := testenv.StartMemcached(t)
+	handler := func(path, extra string) string {
+		return fmt.Sprintf("\tchatroom %s {\n\t\tmemcached %s\n\t\troom {query.room}\n\t\t%s\n\t}\n", path, mc.Addr, extra)
+	}
+	small := "\troot * {{root}}\n" + handler("/ws", "") + "\tfile_server"
+	both := "\troot * {{root}}\n" + handler("/ws2", "max_message_size 64KiB") + handler("/ws", "") + "\tfile_server"
+	reloaded := []*caddyProc{startCaddy(t, small), startCaddy(t, small)}
+	for _, p := range reloaded {
+		p.reload(both)
+	}
+	fresh := []*caddyProc{startCaddy(t, both), startCaddy(t, both)}
+	for _, tc := range []struct {
+		name  string
+		procs []*caddyProc
+	}{{"added by a reload", reloaded}, {"in the first config", fresh}} {
+		t.Run(tc.name, func(t *testing.T) {
+			room := "/ws2?room=big-" + strings.Fields(tc.name)[0]
+			a, aid := connect(t, tc.procs[0].url("ws", room))
+			b, _ := connect(t, tc.procs[1].url("ws", room))
+			crossesWithin(t, a, aid, b, tc.name)
+			for _, size := range []int{20_000, 60_000} {
+				text := strings.Repeat("b", size)
+				a.send(map[string]any{"msg": text})
+				b.await(fmt.Sprintf("the %d-byte message on the other instance", size), func(f frame) bool { return f.str("msg") == text })
+			}
+		})
+	}
 }

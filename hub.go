@@ -91,6 +91,9 @@ func (h *hub) release() { h.open.Add(-1) }
 // room.
 func (h *hub) keepHistory(n int) { h.reg.KeepHistory(n) }
 
+// acceptMessages raises the largest chat text the registry relays.
+func (h *hub) acceptMessages(n int) { h.reg.AcceptMessages(n) }
+
 // keepWindow raises how long the registry keeps chat events for a resume.
 func (h *hub) keepWindow(d time.Duration) { h.reg.KeepWindow(d) }
 

@@ -193,6 +193,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.hub.keepHistory(h.History)
 	h.hub.keepWindow(time.Duration(h.ResumeWindow))
+	// The registry outlives this handler and may have been made by
+	// another with a smaller limit: what this one accepts from its
+	// clients must reach the other instances.
+	h.hub.acceptMessages(int(h.MaxMessageSize))
 	mods := ctx.Modules()
 	if len(mods) > 0 && any(mods[len(mods)-1]) == any(h) {
 		mods = mods[:len(mods)-1] // the modules around h, outermost first

@@ -68,6 +68,11 @@ type Registry interface {
 	// KeepWindow raises how long chat events are kept for clients that
 	// resume to at least d.
 	KeepWindow(d time.Duration)
+	// AcceptMessages raises the largest chat text the registry relays
+	// and accepts from other instances to at least n bytes: the limit
+	// that travels is the largest max_message_size of the handlers using
+	// the registry, whichever of them made it.
+	AcceptMessages(n int)
 	// Close stops background work and removes what this instance left in
 	// shared storage. It is called once, when the last config using the
 	// registry is unloaded.
@@ -142,6 +147,9 @@ func (r *embeddedRegistry) KeepHistory(n int) {
 		}
 	}
 }
+
+// AcceptMessages implements Registry: one instance relays nothing.
+func (r *embeddedRegistry) AcceptMessages(int) {}
 
 // KeepWindow implements Registry.
 func (r *embeddedRegistry) KeepWindow(d time.Duration) {

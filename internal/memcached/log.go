@@ -421,7 +421,7 @@ func (p *poller) once(now time.Time) {
 				continue
 			}
 			delete(st.missing, n)
-			e, err := decodeEntry(it.Value, r.lim)
+			e, err := decodeEntry(it.Value, r.limits())
 			if err != nil {
 				r.metrics.rejected("entry")
 				r.logger.Warn("ignoring a malformed relay entry in memcached", zap.String("key", key), zap.Error(err))

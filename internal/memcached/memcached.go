@@ -76,18 +76,18 @@ var ErrClosed = errors.New("memcached backend closed")
 // work is done by background goroutines (heartbeat, publisher, poller),
 // which stop on Close.
 type Backend struct {
-	cfg       Config
-	lim       limits
-	keys      keySchema
-	client    *client
-	ids       *idAllocator
-	hist      cluster.History
-	metrics   *Metrics
-	logger    *zap.Logger
-	nodeID    string
-	nodeTTL   time.Duration
-	heartbeat time.Duration
-	logTTL    time.Duration
+	cfg        Config
+	maxMessage atomic.Int64 // the largest chat text relayed (AcceptMessages)
+	keys       keySchema
+	client     *client
+	ids        *idAllocator
+	hist       cluster.History
+	metrics    *Metrics
+	logger     *zap.Logger
+	nodeID     string
+	nodeTTL    time.Duration
+	heartbeat  time.Duration
+	logTTL     time.Duration
 
 	host   cluster.Handler
 	ctx    context.Context
@@ -149,7 +149,6 @@ func New(cfg Config, logger *zap.Logger) (*Backend, error) {
 	heartbeat := min(nodeTTL/3, maxHeartbeat)
 	r := &Backend{
 		cfg:           cfg,
-		lim:           limits{maxMessage: cfg.MaxMessageSize},
 		keys:          keySchema{prefix: cfg.Prefix},
 		client:        client,
 		hist:          cfg.History,
@@ -170,6 +169,7 @@ func New(cfg Config, logger *zap.Logger) (*Backend, error) {
 		idHigh:        make(map[string]uint64),
 		written:       lastWritten{chunks: -1},
 	}
+	r.maxMessage.Store(int64(cfg.MaxMessageSize))
 	r.advanced = sync.NewCond(&r.mu)
 	r.view.Local = r.isLocalLocked
 	r.view.Followed = r.followedLocked
@@ -266,6 +266,22 @@ func (r *Backend) NewID(ctx context.Context) string { return r.ids.newID(ctx) }
 
 // KeepHistory raises the number of chat events kept per room.
 func (r *Backend) KeepHistory(n int) { r.hist.KeepHistory(n) }
+
+// AcceptMessages raises the largest chat text relayed and accepted from
+// other instances to at least n bytes. Every handler on the registry calls
+// it, so the largest max_message_size among them is the cluster's limit
+// here, whichever handler made the backend.
+func (r *Backend) AcceptMessages(n int) {
+	for {
+		cur := r.maxMessage.Load()
+		if int64(n) <= cur || r.maxMessage.CompareAndSwap(cur, int64(n)) {
+			return
+		}
+	}
+}
+
+// limits are the decoding bounds now.
+func (r *Backend) limits() limits { return limits{maxMessage: int(r.maxMessage.Load())} }
 
 // History returns at most n of room's latest chat events, oldest first.
 func (r *Backend) History(room string, n int) []*chat.Event { return r.hist.History(room, n) }
@@ -399,7 +415,7 @@ func (r *Backend) loadHistory(room string) []*chat.Event {
 	if err != nil {
 		return nil
 	}
-	events, dropped, err := decodeHistory(it.Value, r.lim, maxHistoryEvents)
+	events, dropped, err := decodeHistory(it.Value, r.limits(), maxHistoryEvents)
 	if err != nil {
 		r.metrics.rejected("history")
 		r.logger.Warn("ignoring a malformed room history in memcached", zap.String("key", key), zap.Error(err))
