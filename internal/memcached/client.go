@@ -147,13 +147,17 @@ func (s *server) usable() bool {
 // do runs one request. After memcached restarts, each pooled connection
 // fails once with EOF: the request is retried on the next one, up to the
 // size of the pool, and once more for any other failure, before the server
-// counts as down. While down, it is tried at most every downProbe.
+// counts as down. While down, requests fail at once, and the server is
+// probed in the background at most every downProbe: a frozen server costs
+// its timeout to a probe, never to a request of the poller or the
+// publisher, which would hold up the rooms of the other servers.
 func (s *server) do(op string, f func() error) error {
 	if s.down.Load() {
 		last := s.lastTry.Load()
-		if time.Since(time.Unix(0, last)) < downProbe || !s.lastTry.CompareAndSwap(last, time.Now().UnixNano()) {
-			return fmt.Errorf("memcached %s on %s: %w", op, s.addr, errServerDown)
+		if time.Since(time.Unix(0, last)) >= downProbe && s.lastTry.CompareAndSwap(last, time.Now().UnixNano()) {
+			go s.probe()
 		}
+		return fmt.Errorf("memcached %s on %s: %w", op, s.addr, errServerDown)
 	}
 	s.c.metrics.request(op)
 	err := f()
@@ -181,6 +185,20 @@ func (s *server) do(op string, f func() error) error {
 		return fmt.Errorf("memcached %s on %s: %w", op, s.addr, err)
 	}
 	return nil
+}
+
+// probe asks a down server whether it is back; when it is, the loops
+// waiting for it are woken (onChange) and requests go to it again.
+func (s *server) probe() {
+	err := s.mc.Ping()
+	for stale := 0; staleConn(err) && stale < maxIdleConns; stale++ {
+		err = s.mc.Ping()
+	}
+	if err == nil {
+		s.setDown(false, "probe", nil)
+		return
+	}
+	s.lastTry.Store(time.Now().UnixNano())
 }
 
 // setDown records the state and logs only its changes.
@@ -259,18 +277,37 @@ func (s *server) incr(key string, delta uint64) (uint64, error) {
 // server. Keys of a server that cannot be reached are listed in failed, so
 // that the caller tells "missing" from "unknown".
 func getFrom(byServer map[*server][]string) (items map[string]*memcache.Item, failed map[string]bool) {
-	items = make(map[string]*memcache.Item)
+	type reply struct {
+		keys []string
+		got  map[string]*memcache.Item
+		err  error
+	}
+	// One goroutine per server when there are several, so that a frozen
+	// server's timeout does not hold up the answers of the others.
+	replies := make(chan reply, len(byServer))
 	for s, keys := range byServer {
-		got, err := s.getMulti(keys)
-		for k, it := range got {
+		if len(byServer) == 1 {
+			got, err := s.getMulti(keys)
+			replies <- reply{keys, got, err}
+			continue
+		}
+		go func() {
+			got, err := s.getMulti(keys)
+			replies <- reply{keys, got, err}
+		}()
+	}
+	items = make(map[string]*memcache.Item)
+	for range len(byServer) {
+		a := <-replies
+		for k, it := range a.got {
 			items[k] = it
 		}
-		if err != nil {
+		if a.err != nil {
 			if failed == nil {
 				failed = make(map[string]bool)
 			}
-			for _, k := range keys {
-				if _, ok := got[k]; !ok {
+			for _, k := range a.keys {
+				if _, ok := a.got[k]; !ok {
 					failed[k] = true
 				}
 			}

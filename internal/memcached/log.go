@@ -3,6 +3,7 @@ package memcached
 import (
 	"encoding/json"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/bradfitz/gomemcache/memcache"
@@ -156,65 +157,93 @@ func (r *Backend) publishBatch(batch []outboxEntry) []outboxEntry {
 		p := partitionOf(e.room)
 		byPart[p] = append(byPart[p], e)
 	}
-	var rest []outboxEntry
-	chatRooms := make(map[string]bool)
+	// Each server's partitions are written by a goroutine of their own,
+	// so that a frozen server's timeouts hold up only what lives on it.
+	byServer := make(map[*server][]int)
 	for p, events := range byPart {
-		if len(events) == 0 {
-			continue
-		}
-		key := r.keys.partition(p)
-		s := r.client.route(key)
-		if !s.usable() {
-			rest = append(rest, events...)
-			continue
-		}
-		last, err := r.reserve(s, key, uint64(len(events)))
-		if err != nil {
-			if unavailable(err) {
-				rest = append(rest, events...)
-			}
-			continue // an unusable counter: these events cannot be logged
-		}
-		first := last - uint64(len(events)) + 1
-		for j, e := range events {
-			entry := logEntry{Node: r.nodeID, Gen: e.gen, Room: e.room, Event: e.ev, Jump: e.jump}
-			if e.ev.Kind == chat.KindChat && e.ev.Seq == 0 {
-				// Shown here while the room's counter was away:
-				// it takes its place in the room's order now.
-				var ok bool
-				if entry, ok = r.sequenceLate(entry); !ok {
-					rest = append(rest, events[j:]...)
-					break
-				}
-				events[j].ev, events[j].jump = entry.Event, entry.Jump
-			}
-			value, err := json.Marshal(entry)
-			if err != nil {
-				continue
-			}
-			n := first + uint64(j)
-			err = s.set(&memcache.Item{Key: r.keys.entry(p, n), Value: value, Expiration: expirySeconds(r.logTTL)})
-			if err != nil && unavailable(err) {
-				rest = append(rest, events[j:]...)
-				break
-			}
-			if err == nil {
-				r.mu.Lock()
-				if len(r.own[p]) < maxOutbox {
-					r.own[p] = append(r.own[p], n)
-				}
-				r.mu.Unlock()
-				if e.ev.Kind == chat.KindChat {
-					chatRooms[e.room] = true
-				}
-			}
+		if len(events) > 0 {
+			s := r.client.route(r.keys.partition(p))
+			byServer[s] = append(byServer[s], p)
 		}
 	}
+	var (
+		mu        sync.Mutex
+		wg        sync.WaitGroup
+		rest      []outboxEntry
+		chatRooms = make(map[string]bool)
+	)
+	for s, parts := range byServer {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for _, p := range parts {
+				left, rooms := r.publishPartition(s, p, byPart[p])
+				mu.Lock()
+				rest = append(rest, left...)
+				for _, room := range rooms {
+					chatRooms[room] = true
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
 	keep := max(r.hist.Kept(), resumeHistoryEvents)
 	for room := range chatRooms {
 		r.writeHistory(room, keep)
 	}
 	return rest
+}
+
+// publishPartition writes the events of partition p, on server s, in
+// order: one increment reserves their numbers, then one set each. It
+// returns the events it could not write because s is unreachable, in
+// order, and the rooms whose chat it wrote.
+func (r *Backend) publishPartition(s *server, p int, events []outboxEntry) (rest []outboxEntry, chatRooms []string) {
+	if !s.usable() {
+		return events, nil
+	}
+	key := r.keys.partition(p)
+	last, err := r.reserve(s, key, uint64(len(events)))
+	if err != nil {
+		if unavailable(err) {
+			return events, nil
+		}
+		return nil, nil // an unusable counter: these events cannot be logged
+	}
+	first := last - uint64(len(events)) + 1
+	for j, e := range events {
+		entry := logEntry{Node: r.nodeID, Gen: e.gen, Room: e.room, Event: e.ev, Jump: e.jump}
+		if e.ev.Kind == chat.KindChat && e.ev.Seq == 0 {
+			// Shown here while the room's counter was away: it
+			// takes its place in the room's order now.
+			var ok bool
+			if entry, ok = r.sequenceLate(entry); !ok {
+				return events[j:], chatRooms
+			}
+			events[j].ev, events[j].jump = entry.Event, entry.Jump
+		}
+		value, err := json.Marshal(entry)
+		if err != nil {
+			continue
+		}
+		n := first + uint64(j)
+		err = s.set(&memcache.Item{Key: r.keys.entry(p, n), Value: value, Expiration: expirySeconds(r.logTTL)})
+		if err != nil && unavailable(err) {
+			return events[j:], chatRooms
+		}
+		if err == nil {
+			r.mu.Lock()
+			if len(r.own[p]) < maxOutbox {
+				r.own[p] = append(r.own[p], n)
+			}
+			r.mu.Unlock()
+			if e.ev.Kind == chat.KindChat {
+				chatRooms = append(chatRooms, e.room)
+			}
+		}
+	}
+	return nil, chatRooms
 }
 
 // reserve takes n numbers of a partition and returns the last. A missing

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -118,6 +119,27 @@ func (m *Memcached) Stop() error {
 	_ = p.cmd.Process.Kill()
 	if err := p.Wait(WaitLong); err != nil {
 		return fmt.Errorf("memcached: %w", err)
+	}
+	return nil
+}
+
+// Freeze stops the server's process (SIGSTOP), as a hung server or a
+// network that drops every packet would look: connections stay open and
+// nothing answers. Thaw lets it go on with every key.
+func (m *Memcached) Freeze() error { return m.signal(syscall.SIGSTOP) }
+
+// Thaw lets a frozen server go on (SIGCONT).
+func (m *Memcached) Thaw() error { return m.signal(syscall.SIGCONT) }
+
+func (m *Memcached) signal(sig syscall.Signal) error {
+	m.mu.Lock()
+	p := m.proc
+	m.mu.Unlock()
+	if p == nil {
+		return fmt.Errorf("memcached: not running")
+	}
+	if err := p.cmd.Process.Signal(sig); err != nil {
+		return fmt.Errorf("memcached: %v: %w", sig, err)
 	}
 	return nil
 }

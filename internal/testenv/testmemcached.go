@@ -47,6 +47,24 @@ func (m *TestMemcached) Start() {
 	}
 }
 
+// Freeze stops the server's process until Thaw; the test thaws it when it
+// ends, before it stops it.
+func (m *TestMemcached) Freeze() {
+	m.t.Helper()
+	if err := m.m.Freeze(); err != nil {
+		m.t.Fatal(err)
+	}
+	m.t.Cleanup(func() { _ = m.m.Thaw() })
+}
+
+// Thaw lets a frozen server go on.
+func (m *TestMemcached) Thaw() {
+	m.t.Helper()
+	if err := m.m.Thaw(); err != nil {
+		m.t.Fatal(err)
+	}
+}
+
 // Stop kills the server, losing every key. It is safe to call when the
 // server is not running.
 func (m *TestMemcached) Stop() {
