@@ -315,10 +315,12 @@ func TestClusterMessageLimitIsTheLargestHandlers(t *testing.T) {
 		p.reload(both)
 	}
 	fresh := []*caddyProc{startCaddy(t, both), startCaddy(t, both)}
+	smallFirst := "\troot * {{root}}\n" + handler("/ws", "") + handler("/ws2", "max_message_size 64KiB") + "\tfile_server"
+	freshOther := []*caddyProc{startCaddy(t, smallFirst), startCaddy(t, smallFirst)}
 	for _, tc := range []struct {
 		name  string
 		procs []*caddyProc
-	}{{"added by a reload", reloaded}, {"in the first config", fresh}} {
+	}{{"added by a reload", reloaded}, {"in the first config", fresh}, {"listed second", freshOther}} {
 		t.Run(tc.name, func(t *testing.T) {
 			room := "/ws2?room=big-" + strings.Fields(tc.name)[0]
 			a, aid := connect(t, tc.procs[0].url("ws", room))
