@@ -35,18 +35,6 @@ type connOptions struct {
 	presenceLimit int
 }
 
-// Reasons a connection is closed, as counted in metrics.
-const (
-	dropSlowConsumer = "slow_consumer"
-	dropTooBig       = "message_too_big"
-	dropBinary       = "binary_frame"
-	dropBadUTF8      = "invalid_utf8"
-	dropIdle         = "idle"
-	dropShutdown     = "shutdown"
-	dropWriteError   = "write_error"
-	dropBadDeflate   = "bad_deflate"
-)
-
 // conn is one chat member: a WebSocket connection in a room.
 //
 // It has no goroutine while idle: the handler's ServeHTTP returns once the

@@ -20,10 +20,6 @@ import (
 // keeps the old hub alive, so that they reconnect into the new registry and
 // no room is silently split between the two.
 
-// dropReload is the metrics reason of a client closed because the handler
-// it came through is gone from the config.
-const dropReload = "reload"
-
 // errHandlerGone refuses a connection whose handler left the config while
 // it was joining.
 var errHandlerGone = errors.New("chat settings changed; reconnect")

@@ -65,9 +65,6 @@ const maxReplays = 128
 // errReplaysBusy refuses a resume while maxReplays are in progress.
 var errReplaysBusy = errors.New("too many resumes in progress; reconnect later with the same since")
 
-// dropReplaysBusy is the metrics reason of a resume refused for that.
-const dropReplaysBusy = "replays_busy"
-
 // replaySlots counts the replays in progress on a hub.
 type replaySlots struct{ n atomic.Int64 }
 
