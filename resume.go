@@ -20,11 +20,6 @@ import (
 // room after that seq which are still held, and a `resumed` frame that says
 // how many there were and whether they are all (see the README).
 
-// maxSinceAhead is how far ahead of this instance's clock a `since` may be
-// before it counts as from the future: seqs are times in microseconds, and
-// instances' clocks differ a little.
-const maxSinceAhead = time.Minute
-
 // resumeRequest is what a connection asked for with `since`.
 type resumeRequest struct {
 	asked bool   // the URL had a since parameter
