@@ -40,7 +40,7 @@ type connOptions struct {
 // It has no goroutine while idle: the handler's ServeHTTP returns once the
 // member has joined and been sent its first frames (so that the HTTP
 // server's request state is freed), a reader runs only while the client
-// sends (see reader.go), a writer only while frames are queued, and the
+// sends (see conn_read.go), a writer only while frames are queued, and the
 // pings come from a timer. An idle member costs this struct, gorilla's,
 // and a small read buffer.
 type conn struct {
@@ -60,7 +60,7 @@ type conn struct {
 
 	mu        sync.Mutex
 	queue     []*wsio.Frame
-	presence  waitingPresence // presence frames in queue (sendqueue.go)
+	presence  waitingPresence // presence frames in queue (conn_write.go)
 	spare     []*wsio.Frame   // the writer's last batch, reused
 	writing   bool            // a writer runs, or is held for serve (newConn)
 	pingDue   bool
@@ -72,7 +72,7 @@ type conn struct {
 
 	replay *replayFeed // a replay whose mark is in queue (resume.go); guarded by mu
 
-	// The read side (reader.go).
+	// The read side (conn_read.go).
 	lastHeard atomic.Int64 // Unix ns of the last frame or pong from the client
 
 	// writeLoopFn is c.writeLoop, bound once: `go c.writeLoop()` would

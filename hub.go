@@ -63,7 +63,7 @@ type room struct {
 	mu       sync.Mutex
 	members  []*conn
 	dead     bool         // removed from the hub; a joiner must fetch a fresh room
-	presence roomPresence // full presence or counts (bigroom.go)
+	presence roomPresence // full presence or counts (presence.go)
 }
 
 // errHubClosed is returned to a connection that arrives while the hub shuts

@@ -14,7 +14,7 @@ import (
 
 // A hub outlives reloads and may serve several handlers. A handler's
 // clients stay open across a reload when the new config has the same
-// handler (at the same location, see location.go) on the same hub. A
+// handler (at the same location, see handlerLocation) on the same hub. A
 // handler whose registry settings changed is on another hub in the new
 // config: it closes its own clients with 1001, even while another handler
 // keeps the old hub alive, so that they reconnect into the new registry and
