@@ -237,19 +237,5 @@ func durationArg(d *caddyfile.Dispenser) (caddy.Duration, error) {
 	return caddy.Duration(dur), nil
 }
 
-// validKeyPart reports whether s can stand in a memcached key: printable
-// ASCII without spaces, short enough to leave room for the rest of the key.
-func validKeyPart(s string) bool {
-	if len(s) == 0 || len(s) > 100 {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		if s[i] <= ' ' || s[i] >= 0x7f {
-			return false
-		}
-	}
-	return true
-}
-
 // Interface guard.
 var _ caddyfile.Unmarshaler = (*Handler)(nil)

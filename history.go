@@ -15,6 +15,11 @@ const DefaultResumeWindow = 2 * time.Minute
 // needs.
 const MaxResumeWindow = 24 * time.Hour
 
+// maxSinceAhead is how far ahead of this instance's clock a `since` may be
+// before it counts as from the future: seqs are times in microseconds, and
+// instances' clocks differ a little.
+const maxSinceAhead = time.Minute
+
 // maxHeldEvents bounds the chat events a room keeps in memory, whatever
 // the resume window and the history say (history is at most MaxHistory,
 // which is no more than this).

@@ -63,7 +63,7 @@ type room struct {
 	mu       sync.Mutex
 	members  []*conn
 	dead     bool         // removed from the hub; a joiner must fetch a fresh room
-	presence roomPresence // full presence or counts (bigroom.go)
+	presence roomPresence // full presence or counts (presence.go)
 }
 
 // errHubClosed is returned to a connection that arrives while the hub shuts
@@ -86,6 +86,20 @@ func (h *hub) reserve(limit int) bool {
 
 // release gives a slot back.
 func (h *hub) release() { h.open.Add(-1) }
+
+// roomOpen reports whether a connection may join room name with max_rooms
+// limit: the room is open already, or one more fits (0 is no limit). Two
+// joins racing for the last slot may both pass: the limit protects memory,
+// and one room too many does not threaten it.
+func (h *hub) roomOpen(name string, limit int) bool {
+	if limit <= 0 {
+		return true
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	_, ok := h.rooms[name]
+	return ok || len(h.rooms) < limit
+}
 
 // keepHistory asks the registry to keep the last n chat messages of every
 // room.

@@ -98,3 +98,23 @@ func (m *metrics) memcached() *memcached.Metrics {
 		Lost:     m.chatLost,
 	}
 }
+
+// Reasons a connection is closed, as counted in metrics.
+const (
+	dropSlowConsumer = "slow_consumer"
+	dropTooBig       = "message_too_big"
+	dropBinary       = "binary_frame"
+	dropBadUTF8      = "invalid_utf8"
+	dropIdle         = "idle"
+	dropShutdown     = "shutdown"
+	dropWriteError   = "write_error"
+	dropBadDeflate   = "bad_deflate"
+)
+
+// dropReload is the metrics reason of a client closed because the handler
+// it came through is gone from the config.
+const dropReload = "reload"
+
+// dropReplaysBusy is the metrics reason of a resume refused with
+// errReplaysBusy (resume.go).
+const dropReplaysBusy = "replays_busy"

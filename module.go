@@ -328,6 +328,20 @@ func checkHostPort(addr string) error {
 	return nil
 }
 
+// validKeyPart reports whether s can stand in a memcached key: printable
+// ASCII without spaces, short enough to leave room for the rest of the key.
+func validKeyPart(s string) bool {
+	if len(s) == 0 || len(s) > 100 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] <= ' ' || s[i] >= 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
 // registryKey identifies the registry configuration: handlers with the same
 // key share one hub, and so one set of rooms.
 func (h *Handler) registryKey() string {

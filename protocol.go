@@ -144,6 +144,31 @@ func errorMessage(code, reason string) []byte {
 	return mustMarshal(errorFrame{Msg: reason, MsgSource: sourceServer, Error: code})
 }
 
+// resumedFrame ends a resume.
+type resumedFrame struct {
+	Msg       string `json:"msg"`
+	MsgSource string `json:"msg_source"`
+	Event     string `json:"event"`
+	Missed    string `json:"missed"`
+	Complete  bool   `json:"complete"`
+}
+
+func resumedMessage(missed int, complete bool) []byte {
+	text := "resumed: " + strconv.Itoa(missed) + " missed messages"
+	if !complete {
+		text += "; older ones are no longer available"
+	}
+	return mustMarshal(resumedFrame{Msg: text, MsgSource: sourceServer, Event: "resumed", Missed: strconv.Itoa(missed), Complete: complete})
+}
+
+// seqString is the frame's spelling of a seq; none for 0 (no seq).
+func seqString(seq uint64) string {
+	if seq == 0 {
+		return ""
+	}
+	return strconv.FormatUint(seq, 10)
+}
+
 // mustMarshal encodes the server's own frame types, which cannot fail: they
 // hold only strings and slices of strings.
 func mustMarshal(v any) []byte {

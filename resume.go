@@ -20,11 +20,6 @@ import (
 // room after that seq which are still held, and a `resumed` frame that says
 // how many there were and whether they are all (see the README).
 
-// maxSinceAhead is how far ahead of this instance's clock a `since` may be
-// before it counts as from the future: seqs are times in microseconds, and
-// instances' clocks differ a little.
-const maxSinceAhead = time.Minute
-
 // resumeRequest is what a connection asked for with `since`.
 type resumeRequest struct {
 	asked bool   // the URL had a since parameter
@@ -64,9 +59,6 @@ const maxReplays = 128
 
 // errReplaysBusy refuses a resume while maxReplays are in progress.
 var errReplaysBusy = errors.New("too many resumes in progress; reconnect later with the same since")
-
-// dropReplaysBusy is the metrics reason of a resume refused for that.
-const dropReplaysBusy = "replays_busy"
 
 // replaySlots counts the replays in progress on a hub.
 type replaySlots struct{ n atomic.Int64 }
@@ -222,29 +214,4 @@ func (c *conn) writeReplay(feed *replayFeed) error {
 		feed.frames = feed.frames[n:]
 	}
 	return nil
-}
-
-// resumedFrame ends a resume.
-type resumedFrame struct {
-	Msg       string `json:"msg"`
-	MsgSource string `json:"msg_source"`
-	Event     string `json:"event"`
-	Missed    string `json:"missed"`
-	Complete  bool   `json:"complete"`
-}
-
-func resumedMessage(missed int, complete bool) []byte {
-	text := "resumed: " + strconv.Itoa(missed) + " missed messages"
-	if !complete {
-		text += "; older ones are no longer available"
-	}
-	return mustMarshal(resumedFrame{Msg: text, MsgSource: sourceServer, Event: "resumed", Missed: strconv.Itoa(missed), Complete: complete})
-}
-
-// seqString is the frame's spelling of a seq; none for 0 (no seq).
-func seqString(seq uint64) string {
-	if seq == 0 {
-		return ""
-	}
-	return strconv.FormatUint(seq, 10)
 }

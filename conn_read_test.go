@@ -1,6 +1,6 @@
 package chatroom
 
-// Tests of the read side's parking (reader.go, internal/wsio): idle
+// Tests of the read side's parking (conn_read.go, internal/wsio): idle
 // connections hold no goroutine, and a parked connection wakes for
 // whatever the client sends.
 

@@ -208,17 +208,3 @@ func (r *room) broadcastPresence(frame []byte, kind presenceKind, except *conn, 
 		}
 	}
 }
-
-// roomOpen reports whether a connection may join room name with max_rooms
-// limit: the room is open already, or one more fits (0 is no limit). Two
-// joins racing for the last slot may both pass: the limit protects memory,
-// and one room too many does not threaten it.
-func (h *hub) roomOpen(name string, limit int) bool {
-	if limit <= 0 {
-		return true
-	}
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	_, ok := h.rooms[name]
-	return ok || len(h.rooms) < limit
-}

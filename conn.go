@@ -3,7 +3,6 @@ package chatroom
 import (
 	"context"
 	"errors"
-	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -36,24 +35,12 @@ type connOptions struct {
 	presenceLimit int
 }
 
-// Reasons a connection is closed, as counted in metrics.
-const (
-	dropSlowConsumer = "slow_consumer"
-	dropTooBig       = "message_too_big"
-	dropBinary       = "binary_frame"
-	dropBadUTF8      = "invalid_utf8"
-	dropIdle         = "idle"
-	dropShutdown     = "shutdown"
-	dropWriteError   = "write_error"
-	dropBadDeflate   = "bad_deflate"
-)
-
 // conn is one chat member: a WebSocket connection in a room.
 //
 // It has no goroutine while idle: the handler's ServeHTTP returns once the
 // member has joined and been sent its first frames (so that the HTTP
 // server's request state is freed), a reader runs only while the client
-// sends (see reader.go), a writer only while frames are queued, and the
+// sends (see conn_read.go), a writer only while frames are queued, and the
 // pings come from a timer. An idle member costs this struct, gorilla's,
 // and a small read buffer.
 type conn struct {
@@ -73,7 +60,7 @@ type conn struct {
 
 	mu        sync.Mutex
 	queue     []*wsio.Frame
-	presence  waitingPresence // presence frames in queue (sendqueue.go)
+	presence  waitingPresence // presence frames in queue (conn_write.go)
 	spare     []*wsio.Frame   // the writer's last batch, reused
 	writing   bool            // a writer runs, or is held for serve (newConn)
 	pingDue   bool
@@ -85,7 +72,7 @@ type conn struct {
 
 	replay *replayFeed // a replay whose mark is in queue (resume.go); guarded by mu
 
-	// The read side (reader.go).
+	// The read side (conn_read.go).
 	lastHeard atomic.Int64 // Unix ns of the last frame or pong from the client
 
 	// writeLoopFn is c.writeLoop, bound once: `go c.writeLoop()` would
@@ -205,187 +192,6 @@ func (c *conn) teardown() {
 		reason = "client"
 	}
 	c.debug("connection closed", zap.String("reason", reason))
-}
-
-// noteReadError counts the ways a read ends that are the server's doing.
-func (c *conn) noteReadError(err error) {
-	var netErr interface{ Timeout() bool }
-	switch {
-	case errors.Is(err, wsio.ErrBadDeflate):
-		// wsio has sent close 1007 already.
-		c.hub.metrics.dropped.WithLabelValues(dropBadDeflate).Inc()
-		c.mu.Lock()
-		c.closedBy = dropBadDeflate
-		c.mu.Unlock()
-	case errors.Is(err, websocket.ErrReadLimit):
-		// gorilla, or wsio for a message too big once inflated, has sent
-		// close 1009 already.
-		c.hub.metrics.dropped.WithLabelValues(dropTooBig).Inc()
-		c.mu.Lock()
-		c.closedBy = dropTooBig
-		c.mu.Unlock()
-	case errors.As(err, &netErr) && netErr.Timeout():
-		c.closeWith(websocket.CloseGoingAway, "no pong or frame for two ping intervals", dropIdle)
-	}
-}
-
-// handleFrame acts on one text frame from the client.
-func (c *conn) handleFrame(data []byte) {
-	in, err := decodeInbound(data)
-	if err != nil {
-		c.sendFrame(errorMessage(ErrCodeInvalidJSON, err.Error()))
-		return
-	}
-	text := in.chatText()
-	if text == "" && !in.hasNick() {
-		return
-	}
-	// A rename reaches every member too: it counts against the limit, or
-	// renames would flood a room past it.
-	if c.limit == nil {
-		c.limit = newSendLimit(c.opts)
-	}
-	if ok, notify := c.limit.allow(time.Now()); !ok {
-		c.hub.metrics.rateLimited.Inc()
-		if notify {
-			c.sendFrame(errorMessage(ErrCodeRateLimited, "rate limit exceeded: at most "+c.opts.rateText+
-				"; messages over it are dropped, and this is said once per "+c.limit.interval.String()))
-		}
-		return
-	}
-	if in.hasNick() {
-		c.handleNick(in)
-	}
-	if text == "" {
-		return
-	}
-	c.hub.metrics.received.Inc()
-	c.hub.chat(c, text)
-}
-
-func (c *conn) handleNick(in inbound) {
-	if c.opts.nickLocked {
-		c.sendFrame(errorMessage(ErrCodeNickLocked, "your name is set by the server and cannot be changed"))
-		return
-	}
-	nick, err := in.nickRequest()
-	if err != nil {
-		c.sendFrame(errorMessage(ErrCodeBadNick, err.Error()))
-		return
-	}
-	c.hub.rename(c, nick)
-}
-
-// sendFrame queues a frame for this connection alone.
-func (c *conn) sendFrame(frame []byte) { c.send(wsio.NewTextFrame(frame)) }
-
-// send queues a frame without ever blocking: a client whose queue is full is
-// too slow to keep up and is closed, so that it never slows the others.
-func (c *conn) send(pm *wsio.Frame) {
-	c.mu.Lock()
-	if c.closing {
-		c.mu.Unlock()
-		return
-	}
-	if c.chatWaiting() >= c.opts.sendQueue {
-		c.closing = true
-		c.mu.Unlock()
-		go c.finishClose(websocket.ClosePolicyViolation, fmt.Sprintf("too slow: more than %d frames waiting", c.opts.sendQueue), dropSlowConsumer)
-		return
-	}
-	c.queue = append(c.queue, pm)
-	c.wakeWriter()
-	c.mu.Unlock()
-}
-
-// wakeWriter starts a writer goroutine unless one runs. The caller holds
-// c.mu.
-func (c *conn) wakeWriter() {
-	if !c.writing {
-		c.writing = true
-		go c.writeLoopFn()
-	}
-}
-
-// writeLoop writes queued frames until the queue is empty, then exits.
-func (c *conn) writeLoop() {
-	for {
-		c.mu.Lock()
-		batch, ping := c.queue, c.pingDue
-		if len(batch) == 0 && !ping || c.closing {
-			c.writing = false
-			c.mu.Unlock()
-			return
-		}
-		c.queue, c.spare = c.spare[:0], nil
-		c.presence.taken()
-		c.pingDue = false
-		feed := c.replay // its mark is in batch
-		c.replay = nil
-		c.mu.Unlock()
-
-		var err error
-		if feed != nil {
-			err = c.writeWithReplay(batch, ping, feed)
-		} else {
-			err = c.writeBatch(batch, ping)
-		}
-		clear(batch)
-		c.mu.Lock()
-		c.spare = batch[:0]
-		c.mu.Unlock()
-		if err != nil {
-			// ErrCloseSent: the client closed first and gorilla answered
-			// it; the reader ends the connection, and it is no drop.
-			if !errors.Is(err, websocket.ErrCloseSent) {
-				c.closeWith(websocket.CloseGoingAway, "write failed", dropWriteError)
-			}
-			return
-		}
-	}
-}
-
-// writeBatch writes a batch of frames, and a ping if one is due, in as few
-// system calls as the batch's size allows (see internal/wsio).
-func (c *conn) writeBatch(batch []*wsio.Frame, ping bool) error {
-	err := c.wc.WriteFrames(batch, ping)
-	if err == nil {
-		c.hub.metrics.delivered.Add(float64(len(batch)))
-	}
-	return err
-}
-
-func (c *conn) startPinging() {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.closing {
-		return
-	}
-	c.pingTimer = time.AfterFunc(c.opts.pingInterval, c.pingTick)
-}
-
-func (c *conn) pingTick() {
-	// A parked connection has no read deadline: silence is checked here.
-	if c.silentFor() > 2*c.opts.pingInterval {
-		c.closeWith(websocket.CloseGoingAway, "no pong or frame for two ping intervals", dropIdle)
-		return
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.closing {
-		return
-	}
-	c.pingDue = true
-	c.wakeWriter()
-	c.pingTimer.Reset(c.opts.pingInterval)
-}
-
-func (c *conn) stopPinging() {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.pingTimer != nil {
-		c.pingTimer.Stop()
-	}
 }
 
 // closeWith sends a close frame with code and reason, counts the reason and

@@ -5,6 +5,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/caddy-chatroom/chatroom/internal/wsio"
 	"github.com/gorilla/websocket"
 	"go.uber.org/zap"
 )
@@ -109,4 +110,73 @@ func (c *conn) Wake() {
 	c.parked = false
 	c.mu.Unlock()
 	go c.readBurstFn()
+}
+
+// noteReadError counts the ways a read ends that are the server's doing.
+func (c *conn) noteReadError(err error) {
+	var netErr interface{ Timeout() bool }
+	switch {
+	case errors.Is(err, wsio.ErrBadDeflate):
+		// wsio has sent close 1007 already.
+		c.hub.metrics.dropped.WithLabelValues(dropBadDeflate).Inc()
+		c.mu.Lock()
+		c.closedBy = dropBadDeflate
+		c.mu.Unlock()
+	case errors.Is(err, websocket.ErrReadLimit):
+		// gorilla, or wsio for a message too big once inflated, has sent
+		// close 1009 already.
+		c.hub.metrics.dropped.WithLabelValues(dropTooBig).Inc()
+		c.mu.Lock()
+		c.closedBy = dropTooBig
+		c.mu.Unlock()
+	case errors.As(err, &netErr) && netErr.Timeout():
+		c.closeWith(websocket.CloseGoingAway, "no pong or frame for two ping intervals", dropIdle)
+	}
+}
+
+// handleFrame acts on one text frame from the client.
+func (c *conn) handleFrame(data []byte) {
+	in, err := decodeInbound(data)
+	if err != nil {
+		c.sendFrame(errorMessage(ErrCodeInvalidJSON, err.Error()))
+		return
+	}
+	text := in.chatText()
+	if text == "" && !in.hasNick() {
+		return
+	}
+	// A rename reaches every member too: it counts against the limit, or
+	// renames would flood a room past it.
+	if c.limit == nil {
+		c.limit = newSendLimit(c.opts)
+	}
+	if ok, notify := c.limit.allow(time.Now()); !ok {
+		c.hub.metrics.rateLimited.Inc()
+		if notify {
+			c.sendFrame(errorMessage(ErrCodeRateLimited, "rate limit exceeded: at most "+c.opts.rateText+
+				"; messages over it are dropped, and this is said once per "+c.limit.interval.String()))
+		}
+		return
+	}
+	if in.hasNick() {
+		c.handleNick(in)
+	}
+	if text == "" {
+		return
+	}
+	c.hub.metrics.received.Inc()
+	c.hub.chat(c, text)
+}
+
+func (c *conn) handleNick(in inbound) {
+	if c.opts.nickLocked {
+		c.sendFrame(errorMessage(ErrCodeNickLocked, "your name is set by the server and cannot be changed"))
+		return
+	}
+	nick, err := in.nickRequest()
+	if err != nil {
+		c.sendFrame(errorMessage(ErrCodeBadNick, err.Error()))
+		return
+	}
+	c.hub.rename(c, nick)
 }
