@@ -9,6 +9,12 @@ import (
 	"github.com/gorilla/websocket"
 )
 
+// The write side of a connection: a bounded send queue that never blocks
+// the sender (a client whose queue is full is closed as a slow consumer),
+// presence frames merged in it instead of counted, and a writer goroutine
+// that runs only while something is queued and writes the whole queue in
+// one system call.
+
 // sendFrame queues a frame for this connection alone.
 func (c *conn) sendFrame(frame []byte) { c.send(wsio.NewTextFrame(frame)) }
 
