@@ -170,7 +170,7 @@ func seqString(seq uint64) string {
 }
 
 // mustMarshal encodes the server's own frame types, which cannot fail: they
-// hold only strings and slices of strings.
+// hold only strings, booleans, numbers and slices of them.
 func mustMarshal(v any) []byte {
 	b, err := json.Marshal(v)
 	if err != nil {
