@@ -23,7 +23,7 @@ import (
 //     calls Publish, History, Since, RemoteMembers and RemoteCount under
 //     room.mu, and DeliverWith runs a backend's update under room.mu, or
 //     under hub.mu when the room has no members. So a backend never calls
-//     the Host (DeliverWith) while it holds a lock of its own.
+//     the cluster.Host (DeliverWith) while it holds a lock of its own.
 //  4. Leaves, which call nothing while held: the id allocator's, the
 //     memcached servers' up/down state, the presence view's.
 //
@@ -240,7 +240,7 @@ func (h *hub) rename(c *conn, nick string) {
 	h.publishPresence(r, chat.NewPresence(chat.KindNick, c.member), c)
 }
 
-// DeliverWith implements Host: it runs update under the lock that orders
+// DeliverWith implements cluster.Host: it runs update under the lock that orders
 // room's events, then fans the events it returns out to the room's local
 // members. A registry
 // uses it to record a remote event (history, presence) and deliver it in

@@ -24,7 +24,7 @@ import (
 type Registry interface {
 	// Start begins background work. It is called once, before the first
 	// connection joins; host is how the registry reaches the local rooms.
-	Start(host Host) error
+	Start(host cluster.Host) error
 	// NewID returns a connection id that no other live connection in the
 	// cluster has.
 	NewID(ctx context.Context) string
@@ -39,7 +39,7 @@ type Registry interface {
 	CatchUp(ctx context.Context, room string, since uint64)
 	// Chat gives a chat message of this instance its place in the
 	// room's order, cluster-wide, with the seq its frame carries, records
-	// it in the room's history, and delivers it through Host.DeliverWith
+	// it in the room's history, and delivers it through cluster.Host.DeliverWith
 	// to the room's local members but its author, once every message
 	// before it in that order is delivered. It may wait on the network
 	// and is called without locks.
@@ -79,10 +79,6 @@ type Registry interface {
 	Close() error
 }
 
-// Host is the local side of a registry: the hub. A cluster backend hands
-// it what happened on other instances.
-type Host = cluster.Handler
-
 // maxIdleHistoryRooms bounds how many rooms without members keep their
 // history in the embedded registry, so that a client inventing room names
 // cannot grow memory without end.
@@ -92,7 +88,7 @@ const maxIdleHistoryRooms = 4096
 // history in memory, no remote members. A cluster backend keeps this
 // instance's copy of each room's history in one (cluster.History).
 type embeddedRegistry struct {
-	host   Host
+	host   cluster.Host
 	lastID atomic.Uint64
 	keep   atomic.Int64
 	window atomic.Int64 // time.Duration; 0 until KeepWindow
@@ -107,7 +103,7 @@ func newEmbeddedRegistry() *embeddedRegistry {
 }
 
 // Start implements Registry.
-func (r *embeddedRegistry) Start(host Host) error {
+func (r *embeddedRegistry) Start(host cluster.Host) error {
 	r.host = host
 	return nil
 }

@@ -1,5 +1,5 @@
 // Package cluster is the seam between the hub of one instance and a relay
-// that joins it to other instances: what the hub offers a relay (Handler),
+// that joins it to other instances: what the hub offers a relay (Host),
 // what a relay needs from this instance's history (History), and the
 // presence bookkeeping any relay needs (View), as plain code that a
 // memcached, NATS or Redis backend can share. Nothing here does I/O.
@@ -11,9 +11,9 @@ import (
 	"github.com/caddy-chatroom/chatroom/internal/chat"
 )
 
-// Handler is the local side of a relay: the hub. A relay hands it what
-// happened on other instances.
-type Handler interface {
+// Host is the local side of a relay: the hub. A relay hands it what
+// happened on other instances. (Not "Handler": that is the Caddy module.)
+type Host interface {
 	// DeliverWith runs update under the lock that orders room's events,
 	// then fans the events update returns out to the room's local members.
 	// A relay records a remote event (history, presence) inside update, so

@@ -28,7 +28,7 @@ const GapWait = time.Second
 
 // Orderer releases one room's chat messages in seq order, each once. It
 // does no locking: the relay calls it under the lock that orders the
-// room's events (inside Handler.DeliverWith's update).
+// room's events (inside Host.DeliverWith's update).
 type Orderer struct {
 	started bool
 	next    uint64 // the seq released next; 0 until started or first seen

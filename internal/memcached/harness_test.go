@@ -18,7 +18,7 @@ import (
 // waitLong bounds every wait on a backend or on memcached.
 const waitLong = testenv.WaitLong
 
-// recordingHost is a cluster.Handler that keeps what it is delivered.
+// recordingHost is a cluster.Host that keeps what it is delivered.
 type recordingHost struct {
 	mu     sync.Mutex // orders updates as the hub's room lock does
 	events chan hostEvent
@@ -31,7 +31,7 @@ type hostEvent struct {
 
 func newRecordingHost() *recordingHost { return &recordingHost{events: make(chan hostEvent, 100000)} }
 
-// DeliverWith implements cluster.Handler.
+// DeliverWith implements cluster.Host.
 func (h *recordingHost) DeliverWith(room string, update func() []*chat.Event) {
 	h.mu.Lock()
 	defer h.mu.Unlock()

@@ -89,7 +89,7 @@ type Backend struct {
 	heartbeat  time.Duration
 	logTTL     time.Duration
 
-	host   cluster.Handler
+	host   cluster.Host
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -200,7 +200,7 @@ func expirySeconds(d time.Duration) int32 {
 
 // Start begins background work; host is how the backend reaches the local
 // rooms.
-func (r *Backend) Start(host cluster.Handler) error {
+func (r *Backend) Start(host cluster.Host) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.closed {
