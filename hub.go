@@ -36,7 +36,7 @@ import (
 // configuration, and it outlives config reloads (see pool.go), so that a
 // reload neither splits a room in two nor drops a connection.
 type hub struct {
-	reg     Registry
+	reg     registry
 	metrics *metrics
 	logger  *zap.Logger
 
@@ -70,7 +70,7 @@ type room struct {
 // down.
 var errHubClosed = errors.New("chat room is shutting down")
 
-func newHub(reg Registry, m *metrics, logger *zap.Logger) *hub {
+func newHub(reg registry, m *metrics, logger *zap.Logger) *hub {
 	return &hub{reg: reg, metrics: m, logger: logger, rooms: make(map[string]*room)}
 }
 

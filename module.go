@@ -354,7 +354,7 @@ func (h *Handler) registryKey() string {
 }
 
 // newRegistry makes the registry the settings ask for.
-func (h *Handler) newRegistry() (Registry, error) {
+func (h *Handler) newRegistry() (registry, error) {
 	if len(h.Memcached) == 0 {
 		return newEmbeddedRegistry(), nil
 	}

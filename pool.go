@@ -60,7 +60,7 @@ func loadMetrics() (*metrics, error) {
 
 // loadHub returns the hub for key and its connections' transport, making
 // them with newRegistry on first use.
-func loadHub(key string, m *metrics, logger *zap.Logger, newRegistry func() (Registry, error)) (*hub, *wsio.Transport, error) {
+func loadHub(key string, m *metrics, logger *zap.Logger, newRegistry func() (registry, error)) (*hub, *wsio.Transport, error) {
 	v, _, err := pool.LoadOrNew(key, func() (caddy.Destructor, error) {
 		reg, err := newRegistry()
 		if err != nil {

@@ -12,7 +12,7 @@ import (
 	"github.com/caddy-chatroom/chatroom/internal/cluster"
 )
 
-// Registry is where the rooms of one instance meet the rest of the cluster:
+// registry is where the rooms of one instance meet the rest of the cluster:
 // it hands out connection ids, keeps each room's history, and carries events
 // and presence between instances. The embedded registry serves one instance;
 // a cluster backend (internal/memcached) serves many.
@@ -21,7 +21,7 @@ import (
 // lock, so that what a joiner is shown and what it is sent afterwards are in
 // one order: those methods must answer from memory and never wait on the
 // network. Warm and NewID may wait, briefly, before the lock is taken.
-type Registry interface {
+type registry interface {
 	// Start begins background work. It is called once, before the first
 	// connection joins; host is how the registry reaches the local rooms.
 	Start(host cluster.Host) error
@@ -102,13 +102,13 @@ func newEmbeddedRegistry() *embeddedRegistry {
 	return &embeddedRegistry{history: make(map[string]*list.Element), order: list.New()}
 }
 
-// Start implements Registry.
+// Start implements registry.
 func (r *embeddedRegistry) Start(host cluster.Host) error {
 	r.host = host
 	return nil
 }
 
-// Chat implements Registry: on one instance the room's lock is the order.
+// Chat implements registry: on one instance the room's lock is the order.
 // The seq is stamped under it, so that seqs rise in the order members see.
 func (r *embeddedRegistry) Chat(room string, ev *chat.Event) {
 	r.host.DeliverWith(room, func() []*chat.Event {
@@ -117,24 +117,24 @@ func (r *embeddedRegistry) Chat(room string, ev *chat.Event) {
 	})
 }
 
-// NewID implements Registry.
+// NewID implements registry.
 func (r *embeddedRegistry) NewID(context.Context) string {
 	return strconv.FormatUint(r.lastID.Add(1), 10)
 }
 
-// Warm implements Registry.
+// Warm implements registry.
 func (r *embeddedRegistry) Warm(context.Context, string) {}
 
-// CatchUp implements Registry: one instance has delivered all it has.
+// CatchUp implements registry: one instance has delivered all it has.
 func (r *embeddedRegistry) CatchUp(context.Context, string, uint64) {}
 
-// RemoteMembers implements Registry.
+// RemoteMembers implements registry.
 func (r *embeddedRegistry) RemoteMembers(string) []chat.Member { return nil }
 
-// RemoteCount implements Registry.
+// RemoteCount implements registry.
 func (r *embeddedRegistry) RemoteCount(string) int { return 0 }
 
-// KeepHistory implements Registry.
+// KeepHistory implements registry.
 func (r *embeddedRegistry) KeepHistory(n int) {
 	for {
 		cur := r.keep.Load()
@@ -144,10 +144,10 @@ func (r *embeddedRegistry) KeepHistory(n int) {
 	}
 }
 
-// AcceptMessages implements Registry: one instance relays nothing.
+// AcceptMessages implements registry: one instance relays nothing.
 func (r *embeddedRegistry) AcceptMessages(int) {}
 
-// KeepWindow implements Registry.
+// KeepWindow implements registry.
 func (r *embeddedRegistry) KeepWindow(d time.Duration) {
 	for {
 		cur := r.window.Load()
@@ -166,7 +166,7 @@ func (r *embeddedRegistry) Window() time.Duration {
 	return DefaultResumeWindow
 }
 
-// Publish implements Registry and cluster.History: a chat event is
+// Publish implements registry and cluster.History: a chat event is
 // stamped with its seq, unless a relay gave it one, and kept. Presence
 // events go nowhere: there is no other instance.
 func (r *embeddedRegistry) Publish(room string, ev *chat.Event) {
@@ -179,7 +179,7 @@ func (r *embeddedRegistry) Publish(room string, ev *chat.Event) {
 	h.add(ev, time.Now(), int(r.keep.Load()), r.Window())
 }
 
-// Since implements Registry.
+// Since implements registry.
 func (r *embeddedRegistry) Since(room string, after uint64) ([]*chat.Event, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -202,7 +202,7 @@ func (r *embeddedRegistry) MarkGap(room string, through uint64) {
 	}
 }
 
-// History implements Registry.
+// History implements registry.
 func (r *embeddedRegistry) History(room string, n int) []*chat.Event {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -233,7 +233,7 @@ func (r *embeddedRegistry) roomHistory(room string, create bool) *roomHistory {
 	return h
 }
 
-// Close implements Registry.
+// Close implements registry.
 func (r *embeddedRegistry) Close() error { return nil }
 
 // Kept implements cluster.History.
