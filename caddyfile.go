@@ -3,6 +3,7 @@ package chatroom
 import (
 	"strconv"
 
+	"github.com/caddy-chatroom/chatroom/internal/cluster"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
@@ -43,6 +44,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		resume_window <duration>
 //		presence_limit <n>
 //		max_rooms <n>
+//		remote_presence <rooms> <members>
 //		compression [<min_size>]
 //	}
 func (c *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
@@ -168,6 +170,17 @@ func (c *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 			c.MaxRooms = &n
+		case "remote_presence":
+			args := d.RemainingArgs()
+			if len(args) != 2 {
+				return d.Errf("remote_presence takes <rooms> <members>, got %d arguments", len(args))
+			}
+			rooms, err1 := strconv.Atoi(args[0])
+			members, err2 := strconv.Atoi(args[1])
+			if err1 != nil || err2 != nil || rooms < 1 || rooms > cluster.MaxRooms || members < 1 || members > cluster.MaxMembers {
+				return d.Errf("remote_presence: bad numbers %q %q: want 1 to %d rooms and 1 to %d members", args[0], args[1], cluster.MaxRooms, cluster.MaxMembers)
+			}
+			c.RemotePresence = &RemotePresence{Rooms: rooms, Members: members}
 		case "compression":
 			comp, err := compressionArgs(d)
 			if err != nil {

@@ -52,6 +52,7 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		{"compression", "chatroom {\n compression\n}", Handler{Compression: &Compression{MinSize: DefaultCompressionMinSize}}},
 		{"compression min_size", "chatroom {\n compression 1KiB\n}", Handler{Compression: &Compression{MinSize: 1024}}},
 		{"compression bytes", "chatroom {\n compression 64\n}", Handler{Compression: &Compression{MinSize: 64}}},
+		{"remote_presence", "chatroom {\n remote_presence 2000 500\n}", Handler{RemotePresence: &RemotePresence{Rooms: 2000, Members: 500}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -87,6 +88,9 @@ func TestUnmarshalCaddyfileErrors(t *testing.T) {
 		{"origin without scheme", "chatroom {\n origins a.example\n}", "want scheme://host[:port]"},
 		{"origin ftp", "chatroom {\n origins ftp://a.example\n}", "want scheme://host[:port]"},
 		{"history not a number", "chatroom {\n history lots\n}", `history: bad number "lots"`},
+		{"remote_presence one number", "chatroom {\n remote_presence 10\n}", "remote_presence takes <rooms> <members>"},
+		{"remote_presence over the maximum", "chatroom {\n remote_presence 100001 10\n}", "remote_presence: bad numbers"},
+		{"remote_presence zero", "chatroom {\n remote_presence 10 0\n}", "remote_presence: bad numbers"},
 		{"history negative", "chatroom {\n history -1\n}", `history: bad number "-1"`},
 		{"history too large", "chatroom {\n history 1001\n}", "from 0 to 1000"},
 		{"max_message_size bad", "chatroom {\n max_message_size huge\n}", `max_message_size: bad size "huge"`},
@@ -165,6 +169,7 @@ func TestValidateJSONConfig(t *testing.T) {
 		{"presence limit", Handler{PresenceLimit: -3}, "presence_limit"},
 		{"max rooms", Handler{MaxRooms: intPtr(-1)}, "max_rooms"},
 		{"compression min_size", Handler{Compression: &Compression{MinSize: -1}}, "compression min_size"},
+		{"remote presence", Handler{RemotePresence: &RemotePresence{Rooms: 0, Members: 10}}, "remote_presence wants"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -137,3 +137,36 @@ func TestClusterOversizeSnapshotRejected(t *testing.T) {
 		t.Errorf("%v snapshots rejected, want the oversize one only", got)
 	}
 }
+
+// remote_presence lowers the caps of what an instance keeps of the others'
+// presence: a forged snapshot within the defaults but beyond the
+// operator's caps is rejected as a whole and counted, one within them is
+// taken.
+func TestClusterRemotePresenceCaps(t *testing.T) {
+	mc := testenv.StartMemcached(t)
+	p := startCaddyCluster(t, "ttl 3s\n\t\tremote_presence 50 20", mc.Addr)
+	a, _ := connect(t, p.url("ws", "/ws"))
+	snapshot := func(gen, rooms int) []string {
+		var b strings.Builder
+		fmt.Fprintf(&b, `{"gen":%d,"rooms":{`, gen)
+		for i := 0; i < rooms; i++ {
+			if i > 0 {
+				b.WriteByte(',')
+			}
+			room := fmt.Sprintf("c%03d", i)
+			if i == 0 {
+				room = "lobby"
+			}
+			fmt.Fprintf(&b, `%q:{"n":1,"m":[{"id":"8%06d","nick":"n%d"}]}`, room, i, i)
+		}
+		b.WriteString("}}")
+		return []string{b.String()}
+	}
+	forgeInstance(t, mc, 1, snapshot(1, 51))
+	testenv.AwaitCondition(t, "the snapshot beyond remote_presence rejected", func() bool { return p.metrics()[seriesRejected("snapshot")] >= 1 })
+	forgeInstance(t, mc, 2, snapshot(2, 50))
+	a.await("the forged member of lobby within the caps joining", func(f frame) bool { return f.str("event") == "join" && f.str("id") == "8000000" })
+	if got := p.metrics()[seriesRejected("snapshot")]; got != 1 {
+		t.Errorf("%v snapshots rejected, want the one beyond the caps only", got)
+	}
+}

@@ -105,6 +105,10 @@ func (h *hub) roomOpen(name string, limit int) bool {
 // room.
 func (h *hub) keepHistory(n int) { h.reg.KeepHistory(n) }
 
+// acceptPresence raises what the registry keeps of other instances'
+// presence.
+func (h *hub) acceptPresence(p RemotePresence) { h.reg.AcceptPresence(p.Rooms, p.Members) }
+
 // acceptMessages raises the largest chat text the registry relays.
 func (h *hub) acceptMessages(n int) { h.reg.AcceptMessages(n) }
 

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/caddy-chatroom/chatroom/internal/cluster"
 	"github.com/caddy-chatroom/chatroom/internal/memcached"
 	"github.com/caddy-chatroom/chatroom/internal/wsio"
 	"github.com/caddyserver/caddy/v2"
@@ -124,6 +125,14 @@ type Handler struct {
 	// can be told from unset. Default: 10000.
 	MaxRooms *int `json:"max_rooms,omitempty"`
 
+	// RemotePresence caps what this instance keeps of the other
+	// instances' presence snapshots, all of them together (with
+	// memcached): the memory a forged snapshot can take is bounded by it,
+	// not by memcached's size. Default, and the most allowed: 100000
+	// rooms and 50000 listed members. Handlers on one registry share it:
+	// the largest any of them asks for applies.
+	RemotePresence *RemotePresence `json:"remote_presence,omitempty"`
+
 	// Compression turns on permessage-deflate (RFC 7692) for clients that
 	// offer it, with no context takeover either way; browsers offer it.
 	// A frame to many members is compressed once. Default: off.
@@ -197,6 +206,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	// another with a smaller limit: what this one accepts from its
 	// clients must reach the other instances.
 	h.hub.acceptMessages(int(h.MaxMessageSize))
+	h.hub.acceptPresence(h.remotePresence())
 	mods := ctx.Modules()
 	if len(mods) > 0 && any(mods[len(mods)-1]) == any(h) {
 		mods = mods[:len(mods)-1] // the modules around h, outermost first
@@ -307,6 +317,10 @@ func (h *Handler) Validate() error {
 		return fmt.Errorf("presence_limit must be between 1 and %d, got %d", MaxPresenceLimit, h.PresenceLimit)
 	case h.MaxRooms != nil && *h.MaxRooms < 0:
 		return fmt.Errorf("max_rooms must be 0 or more, got %d", *h.MaxRooms)
+	case h.RemotePresence != nil && (h.RemotePresence.Rooms < 1 || h.RemotePresence.Rooms > cluster.MaxRooms ||
+		h.RemotePresence.Members < 1 || h.RemotePresence.Members > cluster.MaxMembers):
+		return fmt.Errorf("remote_presence wants 1 to %d rooms and 1 to %d members, got %d and %d",
+			cluster.MaxRooms, cluster.MaxMembers, h.RemotePresence.Rooms, h.RemotePresence.Members)
 	case h.Compression != nil && (h.Compression.MinSize < 0 || h.Compression.MinSize > MaxCompressionMinSize):
 		return fmt.Errorf("compression min_size must be between 1 and %d bytes, got %d", MaxCompressionMinSize, h.Compression.MinSize)
 	}
@@ -397,3 +411,20 @@ var (
 	_ caddy.CleanerUpper          = (*Handler)(nil)
 	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
 )
+
+// RemotePresence is what an instance keeps of the other instances'
+// presence, all of them together.
+type RemotePresence struct {
+	// Rooms is the most rooms with members elsewhere that are kept.
+	Rooms int `json:"rooms"`
+	// Members is the most members elsewhere that are listed by name.
+	Members int `json:"members"`
+}
+
+// remotePresence is the handler's remote_presence, the maxima when unset.
+func (h *Handler) remotePresence() RemotePresence {
+	if h.RemotePresence != nil {
+		return *h.RemotePresence
+	}
+	return RemotePresence{Rooms: cluster.MaxRooms, Members: cluster.MaxMembers}
+}

@@ -73,6 +73,10 @@ type registry interface {
 	// that travels is the largest max_message_size of the handlers using
 	// the registry, whichever of them made it.
 	AcceptMessages(n int)
+	// AcceptPresence raises what the registry keeps of the other
+	// instances' presence, all of them together, to at least rooms rooms
+	// and members listed members: the largest any handler asks for.
+	AcceptPresence(rooms, members int)
 	// Close stops background work and removes what this instance left in
 	// shared storage. It is called once, when the last config using the
 	// registry is unloaded.
@@ -146,6 +150,9 @@ func (r *embeddedRegistry) KeepHistory(n int) {
 
 // AcceptMessages implements registry: one instance relays nothing.
 func (r *embeddedRegistry) AcceptMessages(int) {}
+
+// AcceptPresence implements registry: there is no other instance.
+func (r *embeddedRegistry) AcceptPresence(int, int) {}
 
 // KeepWindow implements registry.
 func (r *embeddedRegistry) KeepWindow(d time.Duration) {

@@ -110,6 +110,12 @@ func (s *Snapshot) Listed() int {
 type View struct {
 	// ListCap bounds the members listed per node and room.
 	ListCap int
+	// RoomCap bounds the rooms held for all nodes together; 0 means
+	// MaxRooms. The operator's `remote_presence` sets it lower.
+	RoomCap int
+	// MemberCap bounds the members listed for all nodes together; 0
+	// means MaxMembers.
+	MemberCap int
 	// DeadAfter is how long a node's snapshot may be missing, seen missing
 	// at least twice, before the node counts as dead.
 	DeadAfter time.Duration
@@ -158,6 +164,22 @@ func NewView(listCap int, deadAfter, forget time.Duration) *View {
 		listCap = DefaultListCap
 	}
 	return &View{ListCap: listCap, DeadAfter: deadAfter, Forget: forget, nodes: make(map[string]*node), ids: make(map[string]int)}
+}
+
+// roomCap is the most rooms the view holds for all nodes.
+func (v *View) roomCap() int {
+	if v.RoomCap > 0 {
+		return min(v.RoomCap, MaxRooms)
+	}
+	return MaxRooms
+}
+
+// memberCap is the most members the view lists for all nodes.
+func (v *View) memberCap() int {
+	if v.MemberCap > 0 {
+		return min(v.MemberCap, MaxMembers)
+	}
+	return MaxMembers
 }
 
 // list sets m in rv's members (a room of n's), keeping v.ids and the
@@ -281,7 +303,7 @@ func (v *View) SnapshotRooms(id string, s *Snapshot, now time.Time) ([]string, e
 			listed += min(len(rs.Members), v.ListCap)
 		}
 	}
-	if v.rooms-len(n.rooms)+len(s.Rooms) > MaxRooms || v.listed-n.listed+listed > MaxMembers {
+	if v.rooms-len(n.rooms)+len(s.Rooms) > v.roomCap() || v.listed-n.listed+listed > v.memberCap() {
 		return nil, fmt.Errorf("%w: %d rooms and %d members with the other nodes'", ErrTooBig, v.rooms-len(n.rooms)+len(s.Rooms), v.listed-n.listed+listed)
 	}
 	n.snapGen = s.Gen
@@ -421,7 +443,7 @@ func (v *View) FillRoom(id, room string, gen uint64, rs RoomSnapshot) (events []
 	if rv == nil || rv.members != nil || gen < n.snapGen || len(rs.Members) > v.ListCap {
 		return nil, 0
 	}
-	if v.listed+len(rs.Members) > MaxMembers {
+	if v.listed+len(rs.Members) > v.memberCap() {
 		return nil, 0
 	}
 	rv.members = make(map[string]chat.Member, len(rs.Members))
@@ -457,7 +479,7 @@ func (v *View) ApplyEvent(id, room string, gen uint64, ev *chat.Event, now time.
 		return false
 	}
 	if rv == nil {
-		if ev.Kind != chat.KindJoin || v.rooms >= MaxRooms {
+		if ev.Kind != chat.KindJoin || v.rooms >= v.roomCap() {
 			return false
 		}
 		// Listed even when not followed: an event is news a snapshot
@@ -475,7 +497,7 @@ func (v *View) ApplyEvent(id, room string, gen uint64, ev *chat.Event, now time.
 			return false
 		}
 		rv.count = min(rv.count+1, MaxRoomCount)
-		if rv.members != nil && len(rv.members) < v.ListCap && v.listed < MaxMembers {
+		if rv.members != nil && len(rv.members) < v.ListCap && v.listed < v.memberCap() {
 			v.list(n, rv, ev.Member())
 		}
 		return rv.members != nil

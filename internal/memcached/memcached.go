@@ -114,6 +114,7 @@ type Backend struct {
 	warm            map[string]time.Time              // rooms prepared by Warm for a joiner on its way
 	orders          map[string]*cluster.Orderer       // the chat order of each room hosted or warm (order.go)
 	waiting         map[string]bool                   // rooms whose order holds messages for a lower seq
+	presenceSet     bool                              // AcceptPresence was called
 	lostLoggedAt    time.Time                         // when given-up seqs were last logged
 	lostUnlogged    uint64                            // seqs given up since, not logged
 	unorderedLogged bool                              // the first chat without a seq was logged
@@ -278,6 +279,23 @@ func (r *Backend) AcceptMessages(n int) {
 			return
 		}
 	}
+}
+
+// AcceptPresence raises what the view keeps of the other instances'
+// presence, all of them together, to at least rooms rooms and members
+// listed members (the view caps both at cluster.MaxRooms and MaxMembers).
+// The first call sets them: the backend starts at the maxima only for
+// handlers that ask for nothing.
+func (r *Backend) AcceptPresence(rooms, members int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.presenceSet {
+		r.presenceSet = true
+		r.view.RoomCap, r.view.MemberCap = rooms, members
+		return
+	}
+	r.view.RoomCap = max(r.view.RoomCap, rooms)
+	r.view.MemberCap = max(r.view.MemberCap, members)
 }
 
 // limits are the decoding bounds now.
