@@ -334,3 +334,40 @@ func TestClusterMessageLimitIsTheLargestHandlers(t *testing.T) {
 		})
 	}
 }
+
+// An instance accepts from the relay at most its own largest
+// max_message_size. A sender on another instance with a larger limit is
+// told, with message_too_big, that its message is over what the cluster
+// accepts, and the message goes to nobody: before, it reached the
+// sender's instance only, and the other instance rejected it without a
+// word to anyone.
+func TestClusterSenderToldOfASmallerLimitElsewhere(t *testing.T) {
+	mc := testenv.StartMemcached(t)
+	handler := func(path, extra string) string {
+		return fmt.Sprintf("\tchatroom %s {\n\t\tmemcached %s\n\t\troom {query.room}\n\t\tttl 3s\n\t\t%s\n\t}\n", path, mc.Addr, extra)
+	}
+	big := startCaddy(t, "\troot * {{root}}\n"+handler("/ws2", "max_message_size 64KiB")+"\tfile_server")
+	small := startCaddy(t, "\troot * {{root}}\n"+handler("/ws", "")+"\tfile_server")
+	a, aid := connect(t, big.url("ws", "/ws2?room=limits"))
+	b, _ := connect(t, small.url("ws", "/ws?room=limits"))
+	crossesWithin(t, a, aid, b, "limits")
+	text := strings.Repeat("z", 20_000)
+	deadline := time.Now().Add(waitLong)
+	for told := false; !told; {
+		if time.Now().After(deadline) {
+			t.Fatal("the sender of a message over the other instance's limit was never told")
+		}
+		// Until the big instance has read the other's presence header,
+		// the message goes out and is rejected there.
+		a.send(map[string]any{"msg": text})
+		select {
+		case data := <-a.frames:
+			var f frame
+			_ = json.Unmarshal(data, &f)
+			told = f.str("error") == ErrCodeMessageTooBig && strings.Contains(f.str("msg"), "8192")
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+	a.send(map[string]any{"msg": "small enough"})
+	b.await("the next message, within every limit", func(f frame) bool { return f.str("msg") == "small enough" })
+}

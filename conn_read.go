@@ -2,6 +2,7 @@ package chatroom
 
 import (
 	"errors"
+	"strconv"
 	"time"
 	"unicode/utf8"
 
@@ -162,6 +163,11 @@ func (c *conn) handleFrame(data []byte) {
 		c.handleNick(in)
 	}
 	if text == "" {
+		return
+	}
+	if limit := c.hub.reg.MessageLimit(); limit > 0 && len(text) > limit {
+		c.sendFrame(errorMessage(ErrCodeMessageTooBig, "message of "+strconv.Itoa(len(text))+" bytes is over "+
+			strconv.Itoa(limit)+", the most another instance of this chat accepts: it was sent to nobody"))
 		return
 	}
 	c.hub.metrics.received.Inc()

@@ -17,6 +17,10 @@ const (
 	ErrCodeRateLimited = "rate_limited"
 	ErrCodeBadNick     = "bad_nick"
 	ErrCodeNickLocked  = "nick_locked"
+	// ErrCodeMessageTooBig: the message is within max_message_size here
+	// but over what another instance of the cluster accepts; it went to
+	// nobody.
+	ErrCodeMessageTooBig = "message_too_big"
 )
 
 // The frames the server sends. Field order follows the examples of

@@ -77,6 +77,11 @@ type registry interface {
 	// instances' presence, all of them together, to at least rooms rooms
 	// and members listed members: the largest any handler asks for.
 	AcceptPresence(rooms, members int)
+	// MessageLimit is the largest chat text every instance of the
+	// cluster accepts from the relay, 0 when there is no other instance:
+	// a bigger message is refused to its sender rather than reach only
+	// part of the room.
+	MessageLimit() int
 	// Close stops background work and removes what this instance left in
 	// shared storage. It is called once, when the last config using the
 	// registry is unloaded.
@@ -153,6 +158,9 @@ func (r *embeddedRegistry) AcceptMessages(int) {}
 
 // AcceptPresence implements registry: there is no other instance.
 func (r *embeddedRegistry) AcceptPresence(int, int) {}
+
+// MessageLimit implements registry: there is no other instance.
+func (r *embeddedRegistry) MessageLimit() int { return 0 }
 
 // KeepWindow implements registry.
 func (r *embeddedRegistry) KeepWindow(d time.Duration) {

@@ -106,6 +106,9 @@ type header struct {
 	IDHigh uint64 `json:"id_high,omitempty"`
 	// Chunks is how many chunk keys hold the snapshot.
 	Chunks int `json:"chunks"`
+	// MaxMessage is the largest chat text the instance accepts from the
+	// relay: a sender elsewhere is told when its message is over it.
+	MaxMessage int `json:"max_msg,omitempty"`
 }
 
 func decodeHeader(value []byte) (*header, error) {

@@ -114,6 +114,7 @@ type Backend struct {
 	warm            map[string]time.Time              // rooms prepared by Warm for a joiner on its way
 	orders          map[string]*cluster.Orderer       // the chat order of each room hosted or warm (order.go)
 	waiting         map[string]bool                   // rooms whose order holds messages for a lower seq
+	acceptOf        map[string]int                    // the largest chat text each other instance accepts
 	presenceSet     bool                              // AcceptPresence was called
 	lostLoggedAt    time.Time                         // when given-up seqs were last logged
 	lostUnlogged    uint64                            // seqs given up since, not logged
@@ -168,6 +169,7 @@ func New(cfg Config, logger *zap.Logger) (*Backend, error) {
 		warm:          make(map[string]time.Time),
 		view:          cluster.NewView(cfg.ListCap, heartbeat+downProbe, deadNodeMemory),
 		idHigh:        make(map[string]uint64),
+		acceptOf:      make(map[string]int),
 		written:       lastWritten{chunks: -1},
 	}
 	r.maxMessage.Store(int64(cfg.MaxMessageSize))
@@ -296,6 +298,26 @@ func (r *Backend) AcceptPresence(rooms, members int) {
 	}
 	r.view.RoomCap = max(r.view.RoomCap, rooms)
 	r.view.MemberCap = max(r.view.MemberCap, members)
+}
+
+// The limits other instances publish are believed within these bounds: a
+// forged 1 would otherwise refuse every message of the cluster.
+const (
+	minAcceptedLimit = 1 << 10
+	maxAcceptedLimit = 1 << 30
+)
+
+// MessageLimit is the largest chat text every instance known to be alive
+// accepts from the relay, this one included: a bigger message would reach
+// only some of the room, so its sender is refused instead.
+func (r *Backend) MessageLimit() int {
+	limit := int(r.maxMessage.Load())
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, n := range r.acceptOf {
+		limit = min(limit, n)
+	}
+	return limit
 }
 
 // limits are the decoding bounds now.

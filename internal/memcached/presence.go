@@ -114,7 +114,7 @@ func (r *Backend) writeSnapshot() {
 			}
 		}
 	}
-	value, err := json.Marshal(header{Gen: gen, IDHigh: idHigh, Chunks: n})
+	value, err := json.Marshal(header{Gen: gen, IDHigh: idHigh, Chunks: n, MaxMessage: int(r.maxMessage.Load())})
 	if err != nil {
 		return
 	}
@@ -339,6 +339,11 @@ func (r *Backend) readSnapshots(ids []string) {
 		}
 		r.view.Alive(id, now)
 		r.idHigh[id] = max(r.idHigh[id], h.IDHigh)
+		if h.MaxMessage >= minAcceptedLimit && h.MaxMessage <= maxAcceptedLimit {
+			r.acceptOf[id] = h.MaxMessage
+		} else {
+			delete(r.acceptOf, id) // none said, or forged: not believed
+		}
 		if r.view.NeedsSnapshot(id, h.Gen) {
 			fetches = append(fetches, fetch{id, h})
 			for i := 0; i < h.Chunks; i++ {
@@ -349,6 +354,7 @@ func (r *Backend) readSnapshots(ids []string) {
 	for id := range r.idHigh {
 		if !all[id] {
 			delete(r.idHigh, id) // neither listed nor known: forgotten
+			delete(r.acceptOf, id)
 		}
 	}
 	r.mu.Unlock()
