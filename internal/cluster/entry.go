@@ -122,10 +122,12 @@ type Entry struct {
 	Room string `json:"room"`
 	// Event is the event itself.
 	Event *chat.Event `json:"ev"`
-	// Jump marks a chat event whose seq is the first of a room counter
-	// made anew (after a memcached restart or eviction): the seqs below
-	// it that have not arrived never will (see Orderer).
-	Jump bool `json:"jump,omitempty"`
+	// Seed, on a chat event, says its room's counter was made anew (after
+	// a memcached restart or eviction) from this value: the seqs up to it
+	// that have not arrived never will (see Orderer). It is the seed, not
+	// the event's own seq, because another writer may take a seq of the
+	// new counter between the seeding and the seeder's own increment.
+	Seed uint64 `json:"seed,omitempty"`
 }
 
 // DecodeEntry parses and checks a relayed entry.

@@ -103,10 +103,10 @@ func (o *Orderer) Waiting() bool { return len(o.held) > 0 }
 
 // Add takes the message with seq, or marks seq as delivered here already
 // when ev is nil (a message this instance showed before it had a seq).
-// jump says the seq follows a counter that was made anew (a memcached
-// restart): the seqs below it that have not come never will. It returns
-// what is now in order.
-func (o *Orderer) Add(seq uint64, ev *chat.Event, jump bool, now time.Time) Released {
+// seed, when not 0, says the room's counter was made anew from it (a
+// memcached restart): the seqs up to it that have not come never will. It
+// returns what is now in order.
+func (o *Orderer) Add(seq uint64, ev *chat.Event, seed uint64, now time.Time) Released {
 	var out Released
 	if seq == 0 {
 		return out
@@ -121,15 +121,15 @@ func (o *Orderer) Add(seq uint64, ev *chat.Event, jump bool, now time.Time) Rele
 		return out
 	}
 	o.held[seq] = heldMessage{ev: ev, at: now}
-	if jump && o.started && seq > o.next {
-		// What is held below the jump goes first, in order; the
-		// seqs missing below it are given up as one loss.
-		out = o.releaseBelow(seq)
-		if seq > o.next {
-			out.Lost += gapSize(seq - o.next)
-			out.LostThrough = seq - 1
+	if seed > 0 && seed < seq && o.started && seed >= o.next {
+		// What is held up to the seed goes first, in order; the seqs
+		// missing up to it are given up as one loss.
+		out = o.releaseBelow(seed + 1)
+		if seed >= o.next {
+			out.Lost += gapSize(seed + 1 - o.next)
+			out.LostThrough = seed
 		}
-		o.next = seq
+		o.next = seed + 1
 	}
 	if !o.started {
 		if len(o.held) > MaxHeldPerRoom {

@@ -30,8 +30,8 @@ func TestOrdererReleasesInSeqOrderEachOnce(t *testing.T) {
 	var got []uint64
 	for _, i := range order {
 		seq := uint64(101 + i)
-		got = append(got, seqs(o.Add(seq, msg(seq), false, now).Events)...)
-		got = append(got, seqs(o.Add(seq, msg(seq), false, now).Events)...) // again: a duplicate
+		got = append(got, seqs(o.Add(seq, msg(seq), 0, now).Events)...)
+		got = append(got, seqs(o.Add(seq, msg(seq), 0, now).Events)...) // again: a duplicate
 	}
 	if len(got) != 200 {
 		t.Fatalf("released %d messages, want 200", len(got))
@@ -52,7 +52,7 @@ func TestOrdererHoldsUntilStart(t *testing.T) {
 	now := time.Unix(1000, 0)
 	o := NewOrderer()
 	for _, seq := range []uint64{12, 9, 11, 10} {
-		if r := o.Add(seq, msg(seq), false, now); len(r.Events) != 0 {
+		if r := o.Add(seq, msg(seq), 0, now); len(r.Events) != 0 {
 			t.Fatalf("released %v before Start", seqs(r.Events))
 		}
 	}
@@ -68,9 +68,9 @@ func TestOrdererGivesUpAMissingSeqAfterTheWait(t *testing.T) {
 	now := time.Unix(1000, 0)
 	o := NewOrderer()
 	o.Start(0, true, now)
-	o.Add(1, msg(1), false, now)
-	o.Add(4, msg(4), false, now)
-	o.Add(3, msg(3), false, now)
+	o.Add(1, msg(1), 0, now)
+	o.Add(4, msg(4), 0, now)
+	o.Add(3, msg(3), 0, now)
 	if r := o.Expire(now.Add(GapWait/2), GapWait); len(r.Events) != 0 || r.Lost != 0 {
 		t.Fatalf("gave up %d and released %v before the wait", r.Lost, seqs(r.Events))
 	}
@@ -78,7 +78,7 @@ func TestOrdererGivesUpAMissingSeqAfterTheWait(t *testing.T) {
 	if got := seqs(r.Events); len(got) != 2 || got[0] != 3 || got[1] != 4 || r.Lost != 1 || r.LostThrough != 2 {
 		t.Fatalf("after the wait: released %v, lost %d through %d; want [3 4], 1 through 2", got, r.Lost, r.LostThrough)
 	}
-	if r := o.Add(2, msg(2), false, now); len(r.Events) != 0 {
+	if r := o.Add(2, msg(2), 0, now); len(r.Events) != 0 {
 		t.Fatalf("a seq given up came late and was released: %v", seqs(r.Events))
 	}
 }
@@ -89,13 +89,13 @@ func TestOrdererJump(t *testing.T) {
 	now := time.Unix(1000, 0)
 	o := NewOrderer()
 	o.Start(0, true, now)
-	o.Add(1, msg(1), false, now)
-	o.Add(3, msg(3), false, now)
-	r := o.Add(5000, msg(5000), true, now)
+	o.Add(1, msg(1), 0, now)
+	o.Add(3, msg(3), 0, now)
+	r := o.Add(5000, msg(5000), 4999, now)
 	if got := seqs(r.Events); len(got) != 2 || got[0] != 3 || got[1] != 5000 || r.LostThrough != 4999 || r.Lost == 0 {
 		t.Fatalf("jump released %v, lost %d through %d", got, r.Lost, r.LostThrough)
 	}
-	if r := o.Add(5001, msg(5001), false, now); len(r.Events) != 1 {
+	if r := o.Add(5001, msg(5001), 0, now); len(r.Events) != 1 {
 		t.Fatal("the message after the jump was not released")
 	}
 }
@@ -106,8 +106,8 @@ func TestOrdererNilMarksDelivered(t *testing.T) {
 	now := time.Unix(1000, 0)
 	o := NewOrderer()
 	o.Start(0, true, now)
-	o.Add(2, msg(2), false, now)
-	r := o.Add(1, nil, false, now)
+	o.Add(2, msg(2), 0, now)
+	r := o.Add(1, nil, 0, now)
 	if got := seqs(r.Events); len(got) != 1 || got[0] != 2 {
 		t.Fatalf("released %v, want [2]", got)
 	}
@@ -121,7 +121,7 @@ func TestOrdererHoldsABoundedNumber(t *testing.T) {
 	o.Start(0, true, now)
 	for i := uint64(0); i < 3*MaxHeldPerRoom; i++ {
 		seq := 10 + 7*i
-		o.Add(seq, msg(seq), false, now)
+		o.Add(seq, msg(seq), 0, now)
 		if len(o.held) > MaxHeldPerRoom {
 			t.Fatalf("holds %d messages", len(o.held))
 		}
@@ -136,7 +136,7 @@ func TestOrdererGapsPassTogether(t *testing.T) {
 	o := NewOrderer()
 	o.Start(0, true, now)
 	for seq := uint64(2); seq <= 40; seq += 2 {
-		o.Add(seq, msg(seq), false, now)
+		o.Add(seq, msg(seq), 0, now)
 	}
 	r := o.Expire(now.Add(GapWait), GapWait)
 	if len(r.Events) != 20 || r.Lost != 20 || o.Waiting() {
@@ -150,8 +150,26 @@ func TestOrdererCountsAReseedOnce(t *testing.T) {
 	now := time.Unix(1000, 0)
 	o := NewOrderer()
 	o.Start(10, true, now)
-	o.Add(20_000_000, msg(20_000_000), false, now)
+	o.Add(20_000_000, msg(20_000_000), 0, now)
 	if r := o.Expire(now.Add(GapWait), GapWait); r.Lost != 1 || len(r.Events) != 1 {
 		t.Fatalf("a re-seeded counter's gap: lost %d, released %d; want 1, 1", r.Lost, len(r.Events))
+	}
+}
+
+// The writer that made a room's counter anew may take the new counter's
+// second seq, another writer its first: the jump is from the seed, so the
+// first still goes out, before the second, whichever arrives first.
+func TestOrdererSeedLetsTheNewCountersFirstSeqsIn(t *testing.T) {
+	now := time.Unix(1000, 0)
+	o := NewOrderer()
+	o.Start(10, true, now)
+	const seed = 1_000_000
+	r := o.Add(seed+2, msg(seed+2), seed, now) // the seeder's, first to arrive
+	if len(r.Events) != 0 || r.Lost != 1 || r.LostThrough != seed {
+		t.Fatalf("the seeder's message: released %v, lost %d through %d; want nothing yet (seed+1 is on its way), 1 through the seed", seqs(r.Events), r.Lost, r.LostThrough)
+	}
+	r = o.Add(seed+1, msg(seed+1), 0, now)
+	if got := seqs(r.Events); len(got) != 2 || got[0] != seed+1 || got[1] != seed+2 {
+		t.Fatalf("the other writer's first seq of the new counter: released %v, want [seed+1 seed+2]", got)
 	}
 }

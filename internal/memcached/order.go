@@ -63,7 +63,7 @@ func (r *Backend) Chat(room string, ev *chat.Event) {
 		r.host.DeliverWith(room, func() []*chat.Event { return []*chat.Event{ev} })
 		return
 	}
-	seq, jump, err := r.sequence(room, floor, now)
+	seq, seed, err := r.sequence(room, floor, now)
 	if err != nil {
 		r.chatUnordered(room, ev, err)
 		return
@@ -74,9 +74,9 @@ func (r *Backend) Chat(room string, ev *chat.Event) {
 		r.mu.Lock()
 		defer r.mu.Unlock()
 		if !r.closed {
-			r.enqueueLocked(outboxEntry{room: room, ev: ev, jump: jump})
+			r.enqueueLocked(outboxEntry{room: room, ev: ev, seed: seed})
 		}
-		out := r.orderLocked(room, seq, ev, jump, now)
+		out := r.orderLocked(room, seq, ev, seed, now)
 		waiting = r.waiting[room]
 		return out
 	})
@@ -105,13 +105,13 @@ func (r *Backend) chatUnordered(room string, ev *chat.Event, cause error) {
 // sequence takes the next seq of room's counter. floor is the seq this
 // instance's order of the room releases next (0 when it does not follow
 // the room): a counter below it went back (set back, or made anew by a
-// clock behind this one) and is moved above it. jump reports that the seq
-// starts a counter made anew.
-func (r *Backend) sequence(room string, floor uint64, now time.Time) (seq uint64, jump bool, err error) {
+// clock behind this one) and is moved above it. seed, when not 0, reports
+// that the counter was made anew from it (see cluster.Entry.Seed).
+func (r *Backend) sequence(room string, floor uint64, now time.Time) (seq, seed uint64, err error) {
 	key := r.keys.seq(room)
 	s := r.seqServer(room)
 	if !s.usable() {
-		return 0, false, errServerAway
+		return 0, 0, errServerAway
 	}
 	seq, err = s.incr(key, 1)
 	if err == nil && seq > seqLimit(now) || err != nil && !isMiss(err) && !unavailable(err) {
@@ -124,33 +124,35 @@ func (r *Backend) sequence(room string, floor uint64, now time.Time) (seq uint64
 		}
 	}
 	if isMiss(err) {
-		seed := max(uint64(max(now.UnixMicro(), 1)), floor)
-		err = s.add(&memcache.Item{Key: key, Value: []byte(strconv.FormatUint(seed, 10)), Expiration: expirySeconds(historyTTL)})
-		jump = err == nil // this writer made the counter: below its first seq, nothing comes
+		made := max(uint64(max(now.UnixMicro(), 1)), floor)
+		err = s.add(&memcache.Item{Key: key, Value: []byte(strconv.FormatUint(made, 10)), Expiration: expirySeconds(historyTTL)})
+		if err == nil {
+			seed = made // this writer made the counter: up to the seed, nothing comes
+		}
 		if answer(err) {
 			seq, err = s.incr(key, 1)
 		}
 	}
 	if err != nil {
-		return 0, false, err
+		return 0, 0, err
 	}
 	if floor > 0 && seq < floor {
 		r.metrics.rejected("counter")
 		r.logger.Warn("room seq counter went back: moving it above the seqs this instance delivered", zap.String("key", key), zap.Uint64("was", seq), zap.Uint64("floor", floor))
 		if seq, err = s.incr(key, floor-seq); err != nil {
-			return 0, false, err
+			return 0, 0, err
 		}
-		jump = true
+		seed = floor - 1
 	}
 	if seq == 0 || seq > cluster.MaxSeq {
-		return 0, false, reject("room seq %d", seq)
+		return 0, 0, reject("room seq %d", seq)
 	}
 	// A busy room keeps its counter; an idle one lets it expire with its
 	// history, and the next writer seeds it from the clock, above it.
 	if seq%256 == 0 {
 		_ = s.touch(key, expirySeconds(historyTTL))
 	}
-	return seq, jump, nil
+	return seq, seed, nil
 }
 
 // startSeq reads where room's counter stands, for an order that starts
@@ -169,7 +171,7 @@ func (r *Backend) startSeq(room string, now time.Time) (after uint64, known bool
 			n, err := parseCounter(it.Value)
 			if err != nil || n > seqLimit(now) || n > cluster.MaxSeq {
 				r.metrics.rejected("counter")
-				return 0, false // the next writer seeds it again, with a jump
+				return 0, false // the next writer seeds it again
 			}
 			return n, true
 		}
@@ -192,12 +194,12 @@ func (r *Backend) startSeq(room string, now time.Time) (after uint64, known bool
 // orderLocked hands the room's order a message (or, with ev nil, marks seq
 // as delivered here) and returns what it releases, recorded in the
 // history. The caller holds r.mu, inside DeliverWith.
-func (r *Backend) orderLocked(room string, seq uint64, ev *chat.Event, jump bool, now time.Time) []*chat.Event {
+func (r *Backend) orderLocked(room string, seq uint64, ev *chat.Event, seed uint64, now time.Time) []*chat.Event {
 	o := r.orders[room]
 	if o == nil {
 		return nil // not followed here: no member, no joiner on its way
 	}
-	return r.releasedLocked(room, o, o.Add(seq, ev, jump, now))
+	return r.releasedLocked(room, o, o.Add(seq, ev, seed, now))
 }
 
 // releasedLocked records what o released in the history, reports seqs
@@ -277,17 +279,17 @@ func (r *Backend) sequenceLate(e logEntry) (logEntry, bool) {
 		floor = o.Next()
 	}
 	r.mu.Unlock()
-	seq, jump, err := r.sequence(e.Room, floor, now)
+	seq, seed, err := r.sequence(e.Room, floor, now)
 	if err != nil {
 		return e, false
 	}
 	ev := *e.Event // the one shown here stays as it was shown
 	ev.Seq = seq
-	e.Event, e.Jump = &ev, jump
+	e.Event, e.Seed = &ev, seed
 	r.host.DeliverWith(e.Room, func() []*chat.Event {
 		r.mu.Lock()
 		defer r.mu.Unlock()
-		return r.orderLocked(e.Room, seq, nil, jump, now)
+		return r.orderLocked(e.Room, seq, nil, seed, now)
 	})
 	return e, true
 }

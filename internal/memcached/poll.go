@@ -419,7 +419,7 @@ func (r *Backend) deliverEntries(room string, entries []*logEntry, now time.Time
 					r.logger.Warn("ignoring a relayed chat message without a usable seq", zap.String("room", room), zap.String("from_node", e.Node), zap.Uint64("seq", e.Event.Seq))
 					continue
 				}
-				out = append(out, r.orderLocked(room, e.Event.Seq, e.Event, e.Jump, now)...)
+				out = append(out, r.orderLocked(room, e.Event.Seq, e.Event, e.Seed, now)...)
 			} else if r.view.ApplyEvent(e.Node, room, e.Gen, e.Event, now) && hosted {
 				out = append(out, e.Event)
 			}

@@ -19,7 +19,7 @@ type outboxEntry struct {
 	room string
 	gen  uint64
 	ev   *chat.Event // a chat event without a Seq is sequenced when written
-	jump bool        // its seq starts a room counter made anew
+	seed uint64      // its room's counter was made anew from this (cluster.Entry.Seed)
 }
 
 // enqueueLocked adds e to the outbox and wakes the publisher. The caller
@@ -162,7 +162,7 @@ func (r *Backend) publishPartition(s *server, p int, events []outboxEntry) (rest
 	}
 	first := last - uint64(len(events)) + 1
 	for j, e := range events {
-		entry := logEntry{Node: r.nodeID, Gen: e.gen, Room: e.room, Event: e.ev, Jump: e.jump}
+		entry := logEntry{Node: r.nodeID, Gen: e.gen, Room: e.room, Event: e.ev, Seed: e.seed}
 		if e.ev.Kind == chat.KindChat && e.ev.Seq == 0 {
 			// Shown here while the room's counter was away: it
 			// takes its place in the room's order now.
@@ -170,7 +170,7 @@ func (r *Backend) publishPartition(s *server, p int, events []outboxEntry) (rest
 			if entry, ok = r.sequenceLate(entry); !ok {
 				return events[j:], chatRooms
 			}
-			events[j].ev, events[j].jump = entry.Event, entry.Jump
+			events[j].ev, events[j].seed = entry.Event, entry.Seed
 		}
 		value, err := json.Marshal(entry)
 		if err != nil {
