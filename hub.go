@@ -266,39 +266,26 @@ func (h *hub) DeliverWith(name string, update func() []*chat.Event) {
 			continue // being removed: a joiner will make a fresh room
 		}
 		for _, ev := range update() {
-			h.deliverLocal(r, ev, r.author(ev))
+			h.deliverLocal(r, ev, nil)
 		}
 		r.mu.Unlock()
 		return
 	}
 }
 
-// author returns the local member that wrote chat event ev, who is not
-// sent its own message; nil for other events and remote authors. The
-// caller holds r.mu.
-func (r *room) author(ev *chat.Event) *conn {
-	if ev.Kind != chat.KindChat {
-		return nil
-	}
-	for _, c := range r.members {
-		if c.member.ID == ev.ID {
-			return c
-		}
-	}
-	return nil
-}
-
-// broadcast queues one frame for every member but except. The frame is
+// broadcast queues one chat frame for every member but its author, whose
+// own message is not echoed (author is its id; a remote author matches no
+// member here). The frame is
 // encoded once, so every member shares the same bytes on the wire; with
 // compression, it is compressed once too, here, and the members that
 // negotiated it share those bytes. The caller holds r.mu.
-func (r *room) broadcast(frame []byte, except *conn) {
-	if len(r.members) == 0 || len(r.members) == 1 && r.members[0] == except {
+func (r *room) broadcast(frame []byte, author string) {
+	if len(r.members) == 0 || len(r.members) == 1 && r.members[0].member.ID == author {
 		return
 	}
 	pm := wsio.NewTextFrame(frame)
 	for _, c := range r.members {
-		if c != except {
+		if c.member.ID != author {
 			c.wc.Precompress(pm) // once, at the first member that wants it
 			c.send(pm)
 		}

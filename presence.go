@@ -167,7 +167,8 @@ func (h *hub) publishPresence(r *room, ev *chat.Event, sender *conn) {
 }
 
 // deliverLocal fans ev out to r's local members but except, presence
-// events as presenceShown says. The caller holds r.mu.
+// events as presenceShown says; a chat message goes to every member but its
+// author, found by id in the broadcast's own loop. The caller holds r.mu.
 func (h *hub) deliverLocal(r *room, ev *chat.Event, except *conn) {
 	switch ev.Kind {
 	case chat.KindJoin, chat.KindLeave, chat.KindNick:
@@ -176,7 +177,7 @@ func (h *hub) deliverLocal(r *room, ev *chat.Event, except *conn) {
 			r.broadcastPresence(encodeFrame(ev), presenceEvent, except, h.refresher(r))
 		}
 	default:
-		r.broadcast(encodeFrame(ev), except)
+		r.broadcast(encodeFrame(ev), ev.ID)
 	}
 }
 
